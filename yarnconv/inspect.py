@@ -1,0 +1,84 @@
+"""``inspect``: what a checkpoint is, what its rope config says, and what each runtime makes of it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from yarnconv import rope, runtimes
+from yarnconv.checkpoint import CONFIG, dir_size, read_json, scan_weights
+from yarnconv.config import positional_scheme, read_config
+from yarnconv.sources import resolve
+
+RECORD = "yarnconv.json"
+
+
+def inspect_model(source: str | os.PathLike[str], *, revision: str | None = None) -> dict[str, Any]:
+    """A machine-readable report on a checkpoint directory (or Hub id)."""
+    src = resolve(source, revision)
+    raw = read_json(src.path / CONFIG, CONFIG)
+    view = read_config(raw)
+    weights = scan_weights(src.path)
+    block = view.rope
+    report: dict[str, Any] = {
+        "path": str(src.path),
+        "source": src.describe(),
+        "model_type": view.model_type,
+        "architectures": view.architectures,
+        "config_section": ".".join(view.section) or "root",
+        "layers": view.num_layers,
+        "hidden_size": view.hidden_size,
+        "attention_heads": view.num_heads,
+        "kv_heads": view.num_kv_heads,
+        "head_dim": view.head_dim,
+        "rotary_dim": view.rotary_dim,
+        "rope_theta": block.theta,
+        "vocab_size": view.vocab_size,
+        "dtype": view.dtype,
+        "weight_dtypes": weights.dtypes,
+        "parameters": weights.num_parameters if weights.tensors else None,
+        "weight_files": [p.name for p in weights.files + weights.opaque],
+        "unparsed_weight_files": [p.name for p in weights.opaque],
+        "size_on_disk": dir_size(src.path),
+        "max_position_embeddings": view.max_position,
+        "rope_layout": view.layout,
+        "rope": block.to_dict(),
+        "positional_encoding": positional_scheme(view) or "rope",
+        "findings": [f.__dict__ for f in view.findings],
+    }
+    if view.head_dim and not positional_scheme(view) and view.rotary_dim and view.rotary_dim % 2 == 0:
+        report["effective"] = _effective(view)
+        report["runtimes"] = runtimes.compare(view.text, _reference_spec(view))
+    record = src.path / RECORD
+    if record.is_file():
+        data = read_json(record, RECORD)
+        if isinstance(data, dict):
+            report["yarnconv"] = {k: data.get(k) for k in ("yarnconv_version", "created", "method", "factor", "original_context", "source")}
+    return report
+
+
+def _reference_spec(view: Any) -> rope.RopeSpec:
+    """yarnconv's reading of the config; a YaRN block without L falls back to max length as v5 does."""
+    block = view.rope
+    spec = block.spec(view.head_dim, view.max_position)
+    if spec.method == "yarn" and spec.original_context is None:
+        spec = rope.RopeSpec(**{**spec.__dict__, "original_context": view.max_position})
+    if spec.method in ("yarn", "linear", "dynamic") and spec.factor is None and spec.original_context and view.max_position:
+        spec = rope.RopeSpec(**{**spec.__dict__, "factor": view.max_position / spec.original_context})
+    return spec
+
+
+def _effective(view: Any) -> dict[str, Any]:
+    spec = _reference_spec(view)
+    try:
+        result = rope.compute(spec)
+    except ValueError as exc:
+        return {"error": str(exc)}
+    out: dict[str, Any] = {"method": spec.method, "attention_factor": result.attention_factor}
+    if spec.method == "yarn":
+        out["correction_range"] = list(result.correction_range or ())
+        out["temperature"] = rope.temperature_from_attention_factor(result.attention_factor)
+        out["logit_multiplier"] = result.attention_factor**2
+    if spec.method in ("yarn", "linear") and spec.factor:
+        out["factor"] = spec.factor
+    return out

@@ -1,0 +1,242 @@
+"""Plan a context extension: config in, new config out, no I/O.
+
+The rules come from shared/reference/runtimes.md §4.1: max_position_embeddings = original x
+factor exactly, the original length as an int inside the block, floats for factor and betas,
+rope_theta written explicitly, foreign scalings never silently replaced.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from yarnconv import rope
+from yarnconv.config import ConfigView, Finding, RopeBlock, Schema, positional_scheme, read_config, write_rope
+from yarnconv.errors import YarnconvError
+
+# Known pretraining lengths whose max_position_embeddings is not a power of two.
+_KNOWN_ORIGINALS = {("qwen3", 40960): 32768, ("qwen3_moe", 40960): 32768}
+
+
+@dataclass(frozen=True)
+class ExtendRequest:
+    """What the user asked for; exactly one of ``scale`` and ``target_context``."""
+
+    scale: float | None = None
+    target_context: int | None = None
+    original_context: int | None = None
+    method: str = "yarn"
+    beta_fast: float | None = None
+    beta_slow: float | None = None
+    attention_factor: float | None = None
+    temperature: float | None = None
+    schema: Schema = "portable"
+    force: bool = False
+
+
+@dataclass
+class ExtendPlan:
+    """The new config and why it looks the way it does."""
+
+    config: dict[str, Any]
+    before: RopeBlock
+    after: RopeBlock
+    max_position_before: int | None
+    max_position_after: int
+    original_source: str
+    head_dim: int
+    num_layers: int
+    notes: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """Machine-readable description of the change."""
+        return {
+            "method": self.after.rope_type,
+            "factor": self.after.factor,
+            "original_context": self.after.original_context,
+            "original_context_source": self.original_source,
+            "max_position_embeddings": {"before": self.max_position_before, "after": self.max_position_after},
+            "rope_before": self.before.to_dict(),
+            "rope_after": self.after.to_dict(),
+            "notes": self.notes,
+            "findings": [f.__dict__ for f in self.findings],
+        }
+
+
+def _positive(value: float | None, name: str, *, above: float = 0.0) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or value <= above:
+        bound = "greater than 1" if above == 1.0 else "positive"
+        raise YarnconvError(f"{name} must be a finite number {bound}, got {value}", f"pass a valid {name}")
+
+
+def _looks_like_pretraining_length(n: int) -> bool:
+    return n > 0 and (n & (n - 1)) == 0
+
+
+def _original_context(view: ConfigView, req: ExtendRequest, notes: list[str]) -> tuple[int, str]:
+    """The pre-extension length L, and where it came from; refuses to guess when M looks padded."""
+    before = view.rope
+    if req.original_context is not None:
+        if req.original_context <= 0:
+            raise YarnconvError(f"--original-context must be positive, got {req.original_context}", "pass the pretraining context length")
+        if before.original_context and before.original_context != req.original_context:
+            notes.append(f"original context overridden: config says {before.original_context}, using {req.original_context}")
+        return req.original_context, "--original-context"
+    if before.original_context:
+        return before.original_context, f"existing {before.rope_type} block"
+    top = view.text.get("original_max_position_embeddings")
+    if isinstance(top, int) and top > 0:
+        return top, "top-level original_max_position_embeddings"
+    m = view.max_position
+    if m is None:
+        raise YarnconvError("config.json has no max_position_embeddings", "pass --original-context with the pretraining length")
+    if not _looks_like_pretraining_length(m):
+        known = _KNOWN_ORIGINALS.get((view.model_type or "", m))
+        hint = (
+            f"{view.model_type} models of this shape were pretrained at {known}: pass --original-context {known}"
+            if known
+            else "pass --original-context with the length the model was pretrained at"
+        )
+        raise YarnconvError(f"max_position_embeddings is {m}, which does not look like a pretraining length", hint)
+    return m, "max_position_embeddings"
+
+
+def _factor_and_length(req: ExtendRequest, original: int, current: int | None) -> tuple[float, int]:
+    if (req.scale is None) == (req.target_context is None):
+        raise YarnconvError("give exactly one of --scale and --target-context", "e.g. --scale 4 or --target-context 131072")
+    if req.scale is not None:
+        _positive(req.scale, "--scale", above=1.0)
+        length = original * req.scale
+        if abs(length - round(length)) > 1e-9 * length:
+            lo, hi = math.floor(length), math.ceil(length)
+            raise YarnconvError(
+                f"--scale {req.scale:g} x original {original} = {length:g} is not a whole number of tokens",
+                f"use --target-context {lo} or {hi}",
+            )
+        factor, length = float(req.scale), int(round(length))
+    else:
+        length = int(req.target_context)  # type: ignore[arg-type]
+        if length <= original:
+            raise YarnconvError(
+                f"--target-context {length} is not longer than the original context {original}",
+                "pass a longer target",
+            )
+        factor = length / original
+    if current is not None and length < current:
+        raise YarnconvError(
+            f"the new context {length} is below the current max_position_embeddings {current}",
+            f"ask for at least {current} tokens",
+        )
+    return factor, length
+
+
+def _attention(req: ExtendRequest, before: RopeBlock, notes: list[str]) -> dict[str, float | None]:
+    """Explicit magnitude settings for the new block; existing ones are kept unless overridden."""
+    if req.attention_factor is not None and req.temperature is not None:
+        raise YarnconvError("--attention-factor and --temperature set the same thing", "pass only one of them")
+    if req.temperature is not None:
+        _positive(req.temperature, "--temperature")
+        return {"attention_factor": rope.attention_factor_from_temperature(req.temperature), "mscale": None, "mscale_all_dim": None}
+    if req.attention_factor is not None:
+        _positive(req.attention_factor, "--attention-factor")
+        return {"attention_factor": float(req.attention_factor), "mscale": None, "mscale_all_dim": None}
+    if before.rope_type != "yarn":
+        return {"attention_factor": None, "mscale": None, "mscale_all_dim": None}
+    if before.attention_factor is not None:
+        notes.append(f"kept the source's explicit attention_factor {before.attention_factor:g} (not re-derived for the new factor)")
+    return {"attention_factor": before.attention_factor, "mscale": before.mscale, "mscale_all_dim": before.mscale_all_dim}
+
+
+def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
+    """Decide the new config for ``req``. Raises :class:`YarnconvError` on anything ambiguous."""
+    view = read_config(raw)
+    if req.method not in ("yarn", "linear", "dynamic"):
+        raise YarnconvError(f"unknown method {req.method!r}", "choose yarn, linear or dynamic")
+    scheme = positional_scheme(view)
+    if scheme:
+        raise YarnconvError(
+            f"{view.model_type or 'this model'} uses {scheme}, not RoPE; there is nothing to rescale",
+            "YaRN applies to rotary-embedding models only",
+        )
+    if view.nested:
+        raise YarnconvError(
+            "per-layer-type rope_parameters (Gemma-style) are not supported by extend yet", "extend a model with a single rope block"
+        )
+    if view.head_dim is None:
+        raise YarnconvError(
+            "config.json has no head_dim and no hidden_size/num_attention_heads", "is this a decoder-only transformer config?"
+        )
+    if view.rotary_dim is None or view.rotary_dim <= 0 or view.rotary_dim % 2:
+        raise YarnconvError(f"rotary dimension {view.rotary_dim} is not a positive even number", "check head_dim and partial_rotary_factor")
+    errors = [f for f in view.findings if f.code in ("type-conflict", "theta-conflict", "partial-rotary-conflict", "layouts-disagree")]
+    if errors and not req.force:
+        raise YarnconvError(
+            f"the source config is ambiguous: {errors[0].message}", "fix config.json, or pass --force to use yarnconv's reading"
+        )
+    before = view.rope
+    notes: list[str] = []
+    if before.rope_type not in ("default", "yarn") and not req.force:
+        raise YarnconvError(
+            f"the model already uses {before.rope_type!r} RoPE scaling, a different method from {req.method}",
+            "pass --force to replace it (the result is a different model)",
+        )
+    if before.rope_type not in ("default", "yarn"):
+        notes.append(f"replaced the source's {before.rope_type!r} scaling (--force)")
+    if before.rope_type == "yarn" and req.method != "yarn" and not req.force:
+        raise YarnconvError(f"the model already uses YaRN; switching it to {req.method} changes the model", "pass --force to do it anyway")
+    original, source = _original_context(view, req, notes)
+    factor, length = _factor_and_length(req, original, view.max_position if req.method != "dynamic" else None)
+    if req.method == "dynamic":
+        # transformers' dynamic NTK grows the base once a sequence passes max_position_embeddings,
+        # so that field must stay at the original length.
+        length = original
+        notes.append(
+            f"dynamic NTK keeps max_position_embeddings = {original}; runtimes that cap the context there need --max-model-len / -c"
+        )
+    for name, value in (("--beta-fast", req.beta_fast), ("--beta-slow", req.beta_slow)):
+        _positive(value, name)
+    kept = before if before.rope_type == "yarn" else RopeBlock()
+    extra = {k: v for k, v in before.extra.items() if k.startswith("mrope")}
+    dropped = sorted(set(before.extra) - set(extra))
+    if dropped:
+        notes.append(f"dropped rope keys that belong to the old method: {', '.join(dropped)}")
+    if req.method == "yarn":
+        beta_fast = req.beta_fast or kept.beta_fast or rope.DEFAULT_BETA_FAST
+        beta_slow = req.beta_slow or kept.beta_slow or rope.DEFAULT_BETA_SLOW
+        if beta_fast <= beta_slow:
+            raise YarnconvError(f"beta_fast ({beta_fast:g}) must be greater than beta_slow ({beta_slow:g})", "swap or fix the betas")
+        after = RopeBlock(
+            rope_type="yarn",
+            theta=before.theta,
+            partial_rotary_factor=before.partial_rotary_factor,
+            factor=factor,
+            original_context=original,
+            beta_fast=beta_fast,
+            beta_slow=beta_slow,
+            truncate=kept.truncate,
+            extra=extra,
+            **_attention(req, before, notes),
+        )
+    else:
+        if any(v is not None for v in (req.beta_fast, req.beta_slow, req.attention_factor, req.temperature)):
+            raise YarnconvError(f"betas and attention settings apply to YaRN only, not {req.method}", "drop them or use --method yarn")
+        after = RopeBlock(
+            rope_type=req.method, theta=before.theta, partial_rotary_factor=before.partial_rotary_factor, factor=factor, extra=extra
+        )
+    if view.text.get("original_max_position_embeddings") not in (None, original):
+        notes.append(f"top-level original_max_position_embeddings set to {original} to match the rope block")
+    if view.layout == "rope_parameters" and req.schema != "v5":
+        notes.append("rope_parameters (transformers 5 form) rewritten as rope_scaling + rope_theta, which every runtime reads")
+    new = write_rope(raw, view.section, after, length, req.schema)
+    after_view = read_config(new)
+    plan = ExtendPlan(
+        new, before, after, view.max_position, length, source, view.head_dim, view.num_layers or 0, notes, after_view.findings
+    )
+    # Self-check: the written config must read back as exactly the planned block.
+    if replace(after_view.rope, extra={}) != replace(after, extra={}):
+        raise AssertionError(f"yarnconv bug: planned {after} but the written config reads {after_view.rope}")
+    return plan

