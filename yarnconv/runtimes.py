@@ -212,7 +212,8 @@ def llama_cpp(text: dict[str, Any]) -> RuntimeReading:
 
 
 def exllamav2(text: dict[str, Any]) -> RuntimeReading:
-    """exllamav2: reads rope_scaling `type` only; both keys assert; ramp from max_seq_len."""
+    """exllamav2 (exllamav2/rope.py, config.py): `type` only, both keys assert; the ramp uses
+    max_seq_len instead of the original length, betas 32/1, whole-head rotation, g(s)."""
     out = RuntimeReading("exllamav2")
     block = _block(text, v5=False)
     theta = float(text.get("rope_theta", 10000.0))

@@ -1,0 +1,205 @@
+"""`yarnconv extend` / `inspect` end to end: real files, real transformers loads, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import tiny_config, tree_hashes, write_checkpoint
+
+from yarnconv import rope
+from yarnconv.cli import main
+from yarnconv.config import read_config
+
+
+def run(*args: str) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def hf_rotary(model_dir: Path) -> tuple[list[float], float, int]:
+    """Load the checkpoint with transformers and read the rotary buffers it actually uses."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    rotary = model.model.rotary_emb
+    return rotary.inv_freq.tolist(), float(rotary.attention_scaling), model.config.max_position_embeddings
+
+
+@pytest.mark.parametrize(
+    ("family", "args", "expect"),
+    [
+        ("llama", ["--scale", "16"], (16.0, 4096, 65536)),
+        ("mistral", ["--target-context", "131072"], (4.0, 32768, 131072)),
+        ("qwen2", ["--scale", "4", "--beta-fast", "64", "--attention-factor", "1.1"], (4.0, 32768, 131072)),
+        ("qwen3", ["--target-context", "131072", "--original-context", "32768"], (4.0, 32768, 131072)),
+    ],
+)
+def test_extend_loads_in_transformers_with_yarnconvs_numbers(tmp_path: Path, family: str, args: list[str], expect: tuple) -> None:
+    src = write_checkpoint(tmp_path / family, tiny_config(family))
+    before = tree_hashes(src)
+    out = tmp_path / "out"
+    result = run("extend", src, "-o", out, "--json", "--precompute-inv-freq", *args)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert (record["factor"], record["original_context"], record["max_position_embeddings"]["after"]) == expect
+    assert tree_hashes(src) == before  # input untouched
+
+    # Weights byte-identical; only config.json (+ tokenizer max length) rewritten.
+    after = tree_hashes(out)
+    for name, digest in before.items():
+        if name.endswith(".safetensors") or name.endswith(".index.json") or name == "generation_config.json":
+            assert after[name] == digest, name
+    assert (out / "yarnconv.json").is_file() and json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == expect[2]
+    for shard in src.glob("*.safetensors"):
+        assert os.stat(shard).st_ino == os.stat(out / shard.name).st_ino  # hardlinked, not copied
+
+    inv, scaling, max_pos = hf_rotary(out)
+    view = read_config(json.loads((out / "config.json").read_text()))
+    spec = view.rope.spec(view.head_dim, view.max_position)
+    assert rope.compute(spec, precision="float32").inv_freq == inv
+    assert scaling == pytest.approx(rope.compute(spec).attention_factor, abs=1e-12)
+    assert max_pos == expect[2]
+
+    from safetensors.torch import load_file
+
+    sidecar = load_file(out / "yarnconv_rope.safetensors")
+    assert sidecar["inv_freq"].tolist() == inv
+    assert sidecar["model.layers.1.self_attn.rotary_emb.inv_freq"].tolist() == inv
+    assert sidecar["attention_scaling"].item() == pytest.approx(scaling, rel=1e-7)
+
+
+def test_extended_model_logits_differ_only_through_rope(tmp_path: Path, llama_dir: Path) -> None:
+    """Same weights, same tokens: logits change (YaRN is live), and equal a manual YaRN patch."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    assert run("extend", llama_dir, "-o", out, "--scale", "4", "-q").exit_code == 0
+    ids = torch.arange(0, 96).remainder(128).unsqueeze(0)
+    base = AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
+    ext = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    with torch.no_grad():
+        a, b = base(ids).logits, ext(ids).logits
+        assert (a - b).abs().max() > 1e-3
+        # Patch the base model's rotary buffers with yarnconv's numbers: logits must match exactly.
+        view = read_config(json.loads((out / "config.json").read_text()))
+        res = rope.compute(view.rope.spec(view.head_dim), precision="float32")
+        base.model.rotary_emb.inv_freq.copy_(torch.tensor(res.inv_freq))
+        base.model.rotary_emb.attention_scaling = rope.compute(view.rope.spec(view.head_dim)).attention_factor
+        assert torch.equal(base(ids).logits, b)
+
+
+def test_copy_mode_and_force_and_dry_run(tmp_path: Path, llama_dir: Path) -> None:
+    out = tmp_path / "out"
+    dry = run("extend", llama_dir, "-o", out, "--scale", "2", "--dry-run")
+    assert dry.exit_code == 0 and "dry run" in dry.stdout and not out.exists()
+    assert run("extend", llama_dir, "-o", out, "--scale", "2", "--link", "copy", "-q").exit_code == 0
+    shard = next(llama_dir.glob("*.safetensors"))
+    assert os.stat(shard).st_ino != os.stat(out / shard.name).st_ino
+    again = run("extend", llama_dir, "-o", out, "--scale", "4", "-q")
+    assert again.exit_code == 1 and "already exists" in again.stderr
+    assert run("extend", llama_dir, "-o", out, "--scale", "4", "--force", "-q").exit_code == 0
+    assert json.loads((out / "config.json").read_text())["rope_scaling"]["factor"] == 4.0
+    # Re-extending the output keeps YaRN relative to the true original length and the history.
+    out2 = tmp_path / "out2"
+    assert run("extend", out, "-o", out2, "--scale", "8", "-q").exit_code == 0
+    record = json.loads((out2 / "yarnconv.json").read_text())
+    assert record["original_context"] == 4096 and record["factor"] == 8.0 and record["previous"]["factor"] == 4.0
+    assert not list(tmp_path.glob(".yarnconv-*"))
+
+
+def test_inspect_json_and_human(tmp_path: Path, llama_dir: Path) -> None:
+    result = run("inspect", llama_dir, "--json")
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["model_type"] == "llama" and report["rotary_dim"] == 16 and report["parameters"] > 0
+    assert report["max_position_embeddings"] == 4096 and report["rope"]["rope_type"] == "default"
+    assert {r["verdict"] for r in report["runtimes"]} == {"same"}
+    out = tmp_path / "out"
+    run("extend", llama_dir, "-o", out, "--scale", "16", "-q")
+    human = run("inspect", out)
+    assert human.exit_code == 0 and "yarn" in human.stdout and "attention factor 1.27726" in human.stdout
+    assert "transformers 4.44-4.50   DIFFERS" in human.stdout
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def _corrupt(kind: str, src: Path) -> list[str]:
+    """Damage a fresh checkpoint in one way; return the extra CLI args for that case."""
+    shard = src / "model-00001-of-00002.safetensors"
+    if kind == "missing-config":
+        (src / "config.json").unlink()
+    elif kind == "invalid-config":
+        (src / "config.json").write_text('{"model_type": "llama", ')
+    elif kind == "truncated-shard":
+        data = shard.read_bytes()
+        shard.write_bytes(data[: len(data) - 100])
+    elif kind == "garbled-header":
+        data = shard.read_bytes()
+        shard.write_bytes(data[:8] + b"\xff" * 20 + data[28:])
+    elif kind == "absurd-header-length":
+        data = shard.read_bytes()
+        shard.write_bytes(struct.pack("<Q", 1 << 62) + data[8:])
+    elif kind == "index-missing-shard":
+        (src / "model-00002-of-00002.safetensors").unlink()
+    elif kind == "unsupported-model":
+        (src / "config.json").write_text(json.dumps({"model_type": "bloom", "n_head": 4, "hidden_size": 64}))
+    elif kind == "no-weights":
+        for p in src.glob("*.safetensors*"):
+            p.unlink()
+    return {
+        "factor-below-one": ["--scale", "0.5"],
+        "factor-nan": ["--scale", "nan"],
+        "target-below-current": ["--target-context", "2048"],
+        "scale-and-target": ["--scale", "2", "--target-context", "16384"],
+    }.get(kind, ["--scale", "2"])
+
+
+BAD = [
+    "missing-config", "invalid-config", "truncated-shard", "garbled-header", "absurd-header-length",
+    "index-missing-shard", "unsupported-model", "no-weights", "factor-below-one", "factor-nan",
+    "target-below-current", "scale-and-target",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_bad_input_one_line_error_no_output(tmp_path: Path, kind: str) -> None:
+    src = write_checkpoint(tmp_path / "model", tiny_config("llama"))
+    args = _corrupt(kind, src)
+    before = tree_hashes(src)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["extend", str(src), "-o", str(out), *args])
+    assert result.exit_code == 1, (kind, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists() and not list(tmp_path.glob(".yarnconv-*"))
+    assert tree_hashes(src) == before
+
+
+def test_output_inside_input_and_missing_source(tmp_path: Path, llama_dir: Path) -> None:
+    inside = run("extend", llama_dir, "-o", llama_dir / "sub", "--scale", "2")
+    assert inside.exit_code == 1 and "inside the input" in inside.stderr
+    same = run("extend", llama_dir, "-o", llama_dir, "--scale", "2", "--force")
+    assert same.exit_code == 1 and "is the input" in same.stderr
+    parent = run("extend", llama_dir, "-o", llama_dir.parent, "--scale", "2", "--force")
+    assert parent.exit_code == 1 and "contains the input" in parent.stderr
+    missing = run("inspect", tmp_path / "nope")
+    assert missing.exit_code == 1 and "no such model directory" in missing.stderr
+    offline = run("inspect", "some-org/some-model-that-is-not-cached")
+    assert offline.exit_code == 1 and "not in the local HF cache" in offline.stderr
+
+
+def test_python_api_matches_cli(tmp_path: Path, llama_dir: Path) -> None:
+    from yarnconv.extend import extend
+    from yarnconv.inspect import inspect_model
+    from yarnconv.plan import ExtendRequest
+
+    record = extend(llama_dir, tmp_path / "api", ExtendRequest(scale=8.0), progress=False)
+    assert record["max_position_embeddings"]["after"] == 32768
+    assert inspect_model(tmp_path / "api")["rope"]["factor"] == 8.0
