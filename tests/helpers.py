@@ -10,9 +10,28 @@ from typing import Any
 
 FAMILIES: dict[str, dict[str, Any]] = {
     "llama": {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "rope_theta": 10000.0, "max_position_embeddings": 4096},
-    "mistral": {"architectures": ["MistralForCausalLM"], "model_type": "mistral", "rope_theta": 1000000.0, "max_position_embeddings": 32768, "sliding_window": None},
-    "qwen2": {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "rope_theta": 1000000.0, "max_position_embeddings": 32768, "use_sliding_window": False, "sliding_window": 32768},
-    "qwen3": {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "rope_theta": 1000000.0, "max_position_embeddings": 40960, "head_dim": 16},
+    "mistral": {
+        "architectures": ["MistralForCausalLM"],
+        "model_type": "mistral",
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 32768,
+        "sliding_window": None,
+    },
+    "qwen2": {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 32768,
+        "use_sliding_window": False,
+        "sliding_window": 32768,
+    },
+    "qwen3": {
+        "architectures": ["Qwen3ForCausalLM"],
+        "model_type": "qwen3",
+        "rope_theta": 1000000.0,
+        "max_position_embeddings": 40960,
+        "head_dim": 16,
+    },
 }
 
 
@@ -64,7 +83,9 @@ def write_checkpoint(root: Path, config: dict[str, Any], *, shards: int = 2, see
         index = {"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}
         (root / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
     (root / "generation_config.json").write_text(json.dumps({"bos_token_id": 1, "eos_token_id": 2}) + "\n")
-    (root / "tokenizer_config.json").write_text(json.dumps({"model_max_length": config.get("max_position_embeddings"), "tokenizer_class": "PreTrainedTokenizerFast"}) + "\n")
+    (root / "tokenizer_config.json").write_text(
+        json.dumps({"model_max_length": config.get("max_position_embeddings"), "tokenizer_class": "PreTrainedTokenizerFast"}) + "\n"
+    )
     return root
 
 

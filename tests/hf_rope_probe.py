@@ -19,12 +19,16 @@ def main(model_dir: str) -> None:
         model = AutoModelForCausalLM.from_config(tiny)
     rotary = next(m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "attention_scaling"))
     built = type(rotary)(config=config)
-    print(json.dumps({
-        "transformers_version": transformers.__version__,
-        "inv_freq": built.inv_freq.tolist(),
-        "attention_scaling": float(built.attention_scaling),
-        "max_position_embeddings": config.max_position_embeddings,
-    }))
+    print(
+        json.dumps(
+            {
+                "transformers_version": transformers.__version__,
+                "inv_freq": built.inv_freq.tolist(),
+                "attention_scaling": float(built.attention_scaling),
+                "max_position_embeddings": config.max_position_embeddings,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

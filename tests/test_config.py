@@ -88,7 +88,14 @@ def test_plan_llama_scale_16_writes_the_portable_invariants() -> None:
     assert raw == before  # input untouched
     new = plan.config
     block = new["rope_scaling"]
-    assert block == {"type": "yarn", "rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 4096, "beta_fast": 32.0, "beta_slow": 1.0}
+    assert block == {
+        "type": "yarn",
+        "rope_type": "yarn",
+        "factor": 16.0,
+        "original_max_position_embeddings": 4096,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+    }
     assert isinstance(block["factor"], float) and isinstance(block["original_max_position_embeddings"], int)
     assert new["max_position_embeddings"] == 65536 == 4096 * 16
     assert new["rope_theta"] == 10000.0
@@ -167,7 +174,13 @@ def test_bad_requests(request_: ExtendRequest, message: str) -> None:
 
 def test_foreign_scaling_needs_force() -> None:
     raw = tiny_config("llama", max_position_embeddings=131072)
-    raw["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    raw["rope_scaling"] = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
     with pytest.raises(YarnconvError, match="llama3"):
         plan_extend(raw, ExtendRequest(target_context=262144))
     plan = plan_extend(raw, ExtendRequest(target_context=262144, force=True))
@@ -175,7 +188,14 @@ def test_foreign_scaling_needs_force() -> None:
     assert block["original_max_position_embeddings"] == 8192 and block["factor"] == 32.0 and "low_freq_factor" not in block
 
 
-@pytest.mark.parametrize("raw", [{"model_type": "gpt2", "n_positions": 1024}, {"model_type": "bloom", "hidden_size": 64, "n_head": 4}, {"model_type": "falcon", "alibi": True, "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 2048}])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"model_type": "gpt2", "n_positions": 1024},
+        {"model_type": "bloom", "hidden_size": 64, "n_head": 4},
+        {"model_type": "falcon", "alibi": True, "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 2048},
+    ],
+)
 def test_non_rope_models_are_refused(raw: dict) -> None:
     with pytest.raises(YarnconvError, match="not RoPE"):
         plan_extend(raw, ExtendRequest(scale=2))

