@@ -201,6 +201,16 @@ def test_non_rope_models_are_refused(raw: dict) -> None:
         plan_extend(raw, ExtendRequest(scale=2))
 
 
+def test_unknown_position_scheme_needs_force() -> None:
+    raw = {"model_type": "mystery", "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 2048}
+    with pytest.raises(YarnconvError, match="unknown position scheme"):
+        plan_extend(raw, ExtendRequest(scale=2))
+    plan = plan_extend(raw, ExtendRequest(scale=2, force=True))
+    assert plan.config["rope_scaling"]["factor"] == 2.0 and any("assumed RoPE" in n for n in plan.notes)
+    old_llama = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 2048}
+    assert plan_extend(old_llama, ExtendRequest(scale=2)).config["rope_theta"] == 10000.0  # theta written explicitly
+
+
 def test_temperature_and_attention_factor_and_methods() -> None:
     raw = tiny_config("llama")
     plan = plan_extend(raw, ExtendRequest(scale=4, temperature=0.8))

@@ -54,6 +54,12 @@ NON_ROPE_MODEL_TYPES = {
     "mamba2": "no attention positions (state-space model)",
     "rwkv": "no attention positions (recurrent model)",
 }
+# model_type values known to use RoPE even when the config names no rope key (old Llama configs).
+KNOWN_ROPE_MODEL_TYPES = {
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text",
+    "phi", "phi3", "gpt_neox", "gptj", "stablelm", "olmo", "olmo2", "starcoder2", "internlm2", "cohere", "granite",
+    "exaone", "smollm3", "falcon", "deepseek_v2", "deepseek_v3", "yi", "baichuan", "minicpm", "persimmon",
+}  # fmt: skip
 Schema = Literal["portable", "v5", "exllamav2"]
 SCHEMAS: tuple[str, ...] = ("portable", "v5", "exllamav2")
 SCHEMA_HELP = {
@@ -318,6 +324,9 @@ def positional_scheme(view: ConfigView) -> str | None:
         return NON_ROPE_MODEL_TYPES[view.model_type]
     if text.get("alibi") or text.get("position_embedding_type") in ("alibi", "absolute", "learned"):
         return "ALiBi" if text.get("alibi") or text.get("position_embedding_type") == "alibi" else "learned absolute positions"
+    has_rope_keys = any(k in text for k in ("rope_theta", "rope_scaling", "rope_parameters", "rotary_emb_base", "partial_rotary_factor"))
+    if not has_rope_keys and view.model_type not in KNOWN_ROPE_MODEL_TYPES:
+        return f"an unknown position scheme (model_type {view.model_type!r} has no rope_theta or rope block)"
     return None
 
 

@@ -156,12 +156,18 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
     view = read_config(raw)
     if req.method not in ("yarn", "linear", "dynamic"):
         raise YarnconvError(f"unknown method {req.method!r}", "choose yarn, linear or dynamic")
+    notes: list[str] = []
     scheme = positional_scheme(view)
-    if scheme:
-        raise YarnconvError(
-            f"{view.model_type or 'this model'} uses {scheme}, not RoPE; there is nothing to rescale",
-            "YaRN applies to rotary-embedding models only",
+    if scheme and scheme.startswith("an unknown") and req.force:
+        notes.append(f"assumed RoPE for model_type {view.model_type!r} (--force)")
+    elif scheme:
+        unknown = scheme.startswith("an unknown")
+        hint = (
+            "if it does use RoPE, add rope_theta to config.json or pass --force"
+            if unknown
+            else "YaRN applies to rotary-embedding models only"
         )
+        raise YarnconvError(f"{view.model_type or 'this model'} uses {scheme}, not RoPE; there is nothing to rescale", hint)
     if view.nested:
         raise YarnconvError(
             "per-layer-type rope_parameters (Gemma-style) are not supported by extend yet", "extend a model with a single rope block"
@@ -178,7 +184,6 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
             f"the source config is ambiguous: {errors[0].message}", "fix config.json, or pass --force to use yarnconv's reading"
         )
     before = view.rope
-    notes: list[str] = []
     if before.rope_type not in ("default", "yarn") and not req.force:
         raise YarnconvError(
             f"the model already uses {before.rope_type!r} RoPE scaling, a different method from {req.method}",

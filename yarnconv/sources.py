@@ -53,7 +53,10 @@ def _download(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
+        # Mistral-style repos also carry consolidated.safetensors (the same weights again).
+        return Path(
+            snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS, ignore_patterns=["consolidated*", "original/*"])
+        )
     except RepositoryNotFoundError:
         raise YarnconvError(f"Hub repo {repo_id} not found (or private)", "check the id, or log in with `hf auth login`") from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):
