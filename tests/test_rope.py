@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from yarnconv import rope
@@ -98,11 +99,13 @@ def _hf(method: str, *, H: int, rho: float, base: float, max_pos: int, block: di
     return inv.tolist(), a
 
 
-def assert_within_float32_rounding(exact: list[float], hf: list[float]) -> None:
-    """transformers evaluates b^(2i/D) in float32, so its relative error grows with |ln theta_i|
-    (~1e-6 at b = 1e4, ~5e-6 at b = 1e7); the float64 values must sit within that rounding."""
-    for i, (x, y) in enumerate(zip(exact, hf, strict=True)):
-        assert abs(x - y) / y <= (abs(math.log(y)) + 8) * 2.0**-23, (i, x, y)
+def assert_within_float32_rounding(exact: list[float], hf: list[float], theta: list[float]) -> None:
+    """transformers works in float32: b^(2i/D) loses ~|ln theta_i| ulps, and the ramp blend
+    theta_i * (gamma/s + 1 - gamma) amplifies a rounding of gamma by theta_i / inv_freq_i (<= s).
+    The float64 values must sit within that rounding, pair by pair."""
+    for i, (x, y, t) in enumerate(zip(exact, hf, theta, strict=True)):
+        bound = (abs(math.log(y)) + 8) * 2.0**-23 + 4 * (t / x) * 2.0**-24
+        assert abs(x - y) / y <= bound, (i, x, y, bound)
 
 
 def _max_rel(a: list[float], b: list[float]) -> float:
@@ -132,8 +135,10 @@ yarn_cases = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=int(os.environ.get("YARNCONV_HYPOTHESIS_EXAMPLES", "150")), deadline=None)
 @given(yarn_cases)
+# Found by CI: an unrounded ramp at s = 55 amplifies transformers' float32 rounding to 1.9e-6.
+@example({"H": 32, "rho": 1.0, "base": 1000.0, "s": 55.0, "L": 512, "betas": (32.0, 1.0), "truncate": False, "magnitude": {}})
 def test_yarn_matches_transformers_randomized(case: dict) -> None:
     bf, bs = case["betas"]
     block = {
@@ -152,7 +157,7 @@ def test_yarn_matches_transformers_randomized(case: dict) -> None:
     )  # fmt: skip
     exact, f32 = rope.compute(spec), rope.compute(spec, precision="float32")
     assert f32.inv_freq == ref  # the buffers yarnconv writes are bit-identical to transformers'
-    assert_within_float32_rounding(exact.inv_freq, ref)
+    assert_within_float32_rounding(exact.inv_freq, ref, rope.base_inv_freq(spec.base, spec.dim))
     assert exact.attention_factor == pytest.approx(ref_a, rel=1e-12)
 
 
