@@ -75,6 +75,14 @@ def _yarn_spec(
     )
 
 
+def _fixed_yarn(text: dict[str, Any], block: dict[str, Any], *, theta: float, rho: float | None, original: int) -> rope.RopeSpec:
+    """YaRN as llama.cpp's generic archs and exllamav2 run it: betas 32/1, always rounded, g(s)."""
+    return _yarn_spec(
+        text, block, theta=theta, rho=rho, factor=float(block["factor"]), original=original,
+        truncate=False, betas=False, magnitude_keys=False, mscale_keys=False,
+    )  # fmt: skip
+
+
 def _simple_spec(text: dict[str, Any], kind: str, block: dict[str, Any], theta: float, rho: float | None) -> rope.RopeSpec:
     method = kind if kind in ("linear", "dynamic") else "default"
     return rope.RopeSpec(
@@ -196,18 +204,7 @@ def llama_cpp(text: dict[str, Any]) -> RuntimeReading:
         ignored.append("truncate")
     if ignored:
         out.notes.append(f"ignored for llama/qwen archs: {', '.join(ignored)}")
-    out.spec = _yarn_spec(
-        text,
-        block,
-        theta=theta,
-        rho=rho,
-        factor=float(block["factor"]),
-        original=original,
-        truncate=False,
-        betas=False,
-        magnitude_keys=False,
-        mscale_keys=False,
-    )
+    out.spec = _fixed_yarn(text, block, theta=theta, rho=rho, original=original)
     return out
 
 
@@ -231,19 +228,10 @@ def exllamav2(text: dict[str, Any]) -> RuntimeReading:
     if block.get("original_max_position_embeddings") is None:
         out.error = "YaRN without original_max_position_embeddings: KeyError"
         return out
-    out.notes.append("correction range computed from max_seq_len (defaults to max_position_embeddings)")
-    out.spec = _yarn_spec(
-        text,
-        block,
-        theta=theta,
-        rho=rho,
-        factor=float(block["factor"]),
-        original=mpe,
-        truncate=False,
-        betas=False,
-        magnitude_keys=False,
-        mscale_keys=False,
-    )
+    out.notes.append("correction range computed from max_seq_len (defaults to max_position_embeddings), as transformers <= 4.50 did")
+    if rho not in (None, 1, 1.0):
+        out.notes.append("partial_rotary_factor ignored (rotates the whole head)")
+    out.spec = _fixed_yarn(text, block, theta=theta, rho=None, original=mpe)
     return out
 
 
