@@ -69,7 +69,6 @@ def write_checkpoint(root: Path, config: dict[str, Any], *, shards: int = 2, see
     if hf_config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
     names = sorted(state)
-    (root / "config.json").write_text(json.dumps(config, indent=2) + "\n")  # undo any rewrite
     if shards <= 1:
         save_file(state, str(root / "model.safetensors"), metadata={"format": "pt"})
     else:

@@ -25,6 +25,7 @@ from yarnconv.errors import YarnconvError
 CONFIG = "config.json"
 INDEX_SUFFIX = ".safetensors.index.json"
 SIDECAR = "yarnconv_rope.safetensors"  # precomputed rope buffers, not model weights
+RECORD = "yarnconv.json"  # what yarnconv did to make this directory
 # Extensions that hold weights: always linked (or copied), never rewritten.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx", ".npz")
 LINK_THRESHOLD = 16 * 1024 * 1024  # any file this large is linked rather than copied

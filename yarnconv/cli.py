@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from yarnconv import __version__
-from yarnconv.config import SCHEMA_HELP, SCHEMAS
+from yarnconv.config import SCHEMA_HELP, SCHEMAS, read_config
 from yarnconv.errors import YarnconvError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -218,9 +218,7 @@ def extend(
 
 def _print_plan(p: dict[str, Any]) -> None:
     _print_change(p)
-    text = (
-        p["config"].get("text_config", p["config"]) if "text_config" in p["config"] and "rope_scaling" not in p["config"] else p["config"]
-    )
+    text = read_config(p["config"]).text
     block = text.get("rope_scaling") or text.get("rope_parameters")
     click.echo("  new rope block " + json.dumps(block))
     click.echo("  (dry run: nothing written)")

@@ -23,7 +23,9 @@ def transformers_rope(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
     config = AutoConfig.from_pretrained(model_dir)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    with _meta_free():
+    import torch
+
+    with torch.device("meta"):  # find the rotary class without allocating weights
         model = AutoModelForCausalLM.from_config(_tiny(config))
     rotary = _find_rotary(model)
     rotary_cls = type(rotary)
@@ -68,19 +70,6 @@ def _tiny(config: Any) -> Any:
     if hasattr(text, "layer_types") and text.layer_types:
         text.layer_types = text.layer_types[:1]
     return tiny
-
-
-class _meta_free:
-    """Build the tiny model on the meta device so no weights are allocated."""
-
-    def __enter__(self) -> None:
-        import torch
-
-        self._ctx = torch.device("meta")
-        self._ctx.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self._ctx.__exit__(*exc)
 
 
 def _find_rotary(model: Any) -> Any:

@@ -18,6 +18,7 @@ from yarnconv import __version__, rope
 from yarnconv.checkpoint import (
     CONFIG,
     LINK_THRESHOLD,
+    RECORD,
     SIDECAR,
     atomic_dir,
     check_output_location,
@@ -33,7 +34,6 @@ from yarnconv.errors import YarnconvError
 from yarnconv.plan import ExtendPlan, ExtendRequest, plan_extend
 from yarnconv.sources import resolve
 
-RECORD = "yarnconv.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 from yarnconv import rope, runtimes
-from yarnconv.checkpoint import CONFIG, dir_size, read_json, scan_weights
+from yarnconv.checkpoint import CONFIG, RECORD, dir_size, read_json, scan_weights
 from yarnconv.config import positional_scheme, read_config
 from yarnconv.sources import resolve
-
-RECORD = "yarnconv.json"
 
 
 def inspect_model(source: str | os.PathLike[str], *, revision: str | None = None) -> dict[str, Any]:
@@ -62,9 +61,9 @@ def _reference_spec(view: Any) -> rope.RopeSpec:
     block = view.rope
     spec = block.spec(view.head_dim, view.max_position)
     if spec.method == "yarn" and spec.original_context is None:
-        spec = rope.RopeSpec(**{**spec.__dict__, "original_context": view.max_position})
+        spec = replace(spec, original_context=view.max_position)
     if spec.method in ("yarn", "linear", "dynamic") and spec.factor is None and spec.original_context and view.max_position:
-        spec = rope.RopeSpec(**{**spec.__dict__, "factor": view.max_position / spec.original_context})
+        spec = replace(spec, factor=view.max_position / spec.original_context)
     return spec
 
 
