@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from yarnconv.checkpoint import REPO_ID, atomic_dir, write_json
 from yarnconv.errors import YarnconvError
@@ -90,7 +92,7 @@ def materialize_builtin(name: str) -> Path:
     """An HF checkpoint (float32 safetensors + tokenizer) dequantised from the shipped GGUF; cached."""
     gguf_path = builtin_gguf(name)
     target = cache_dir() / f"{name}-hf"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if (target / "model.safetensors").is_file() and "tokenizer_pre" in (_read_source(target) or {}):
         return target
     try:
         import torch
@@ -107,6 +109,7 @@ def materialize_builtin(name: str) -> Path:
         with atomic_dir(target, force=True) as tmp:
             model.config.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
+            pre = _restore_pre_tokenizer(gguf_path, tmp / "tokenizer.json")
             if model.generation_config is not None:
                 model.generation_config.save_pretrained(tmp)
             state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -120,6 +123,37 @@ def materialize_builtin(name: str) -> Path:
                     "package": BUILTIN_MODELS[name][0],
                     "hub_id": BUILTIN_MODELS[name][2],
                     "note": "dequantised to float32 by transformers",
+                    "tokenizer_pre": pre,
                 },
             )
     return target
+
+
+def _read_source(target: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((target / "SOURCE.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _restore_pre_tokenizer(gguf_path: Path, tokenizer_json: Path) -> str | None:
+    """Put back the pre-tokenizer the GGUF names, which transformers' GGUF loader drops for some names.
+
+    SmolLM2's ``smollm`` splits every digit before the GPT-2 rules (llama.cpp's llama-vocab.cpp);
+    transformers rebuilds it as plain ByteLevel, so exports and tokenization would differ.
+    """
+    from yarnconv.gguf_file import read_header
+
+    pre = read_header(gguf_path).get("tokenizer.ggml.pre")
+    if pre == "smollm":
+        data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+        data["pre_tokenizer"] = {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Digits", "individual_digits": True},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+            ],
+        }
+        tokenizer_json.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+    return pre

@@ -1,0 +1,307 @@
+"""Read and re-encode GGUF headers without trusting them.
+
+gguf-py's ``GGUFReader`` is fine for files we wrote, but on a corrupt file it can allocate
+whatever a garbled count says. This reader checks every count and length against the bytes
+that are actually there, keeps each key/value pair's raw bytes (so untouched pairs are
+copied verbatim when a header is rewritten) and never reads tensor data.
+
+Layout (ggml/src/gguf.cpp, shared/reference/gguf.md §9): magic, version, n_tensors, n_kv,
+the pairs, the tensor infos, padding to ``general.alignment``, then the data section.
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+
+from yarnconv.errors import YarnconvError
+
+MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4  # GGML_MAX_DIMS
+PAD_KEY = "yarnconv.reserved"  # a string pair that only holds spare header room for in-place edits
+RESERVE = 4096  # header room kept in every file yarnconv writes (the YaRN keys need ~200 bytes)
+SHARD_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+_SCALAR = {
+    GGUFValueType.UINT8: "<B",
+    GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I",
+    GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q",
+    GGUFValueType.FLOAT64: "<d",
+}
+_SMALL_ARRAY = 64  # numeric arrays up to this length are decoded for display
+
+
+@dataclass
+class KV:
+    """One key/value pair: decoded value (arrays: element type and count only) and its raw bytes."""
+
+    key: str
+    vtype: GGUFValueType
+    value: Any
+    start: int
+    end: int
+    subtype: GGUFValueType | None = None
+    count: int | None = None
+
+
+@dataclass
+class TensorEntry:
+    """One tensor info: ggml-order dims, type and offset relative to the data section."""
+
+    name: str
+    dims: tuple[int, ...]
+    ggml_type: int
+    offset: int
+    nbytes: int
+
+    @property
+    def type_name(self) -> str:
+        try:
+            return GGMLQuantizationType(self.ggml_type).name
+        except ValueError:
+            return f"type{self.ggml_type}"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """numpy order (outermost first), the reverse of ggml's."""
+        return tuple(reversed(self.dims))
+
+
+@dataclass
+class GGUFHeader:
+    """Everything before the data section, plus where each part lies in the file."""
+
+    path: Path
+    size: int
+    version: int
+    kvs: dict[str, KV]
+    tensors: list[TensorEntry]
+    kv_start: int
+    tensor_info_start: int
+    tensor_info_end: int
+    alignment: int
+    data_offset: int
+    order: list[str] = field(default_factory=list)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        kv = self.kvs.get(key)
+        return default if kv is None or kv.vtype == GGUFValueType.ARRAY else kv.value
+
+    @property
+    def arch(self) -> str | None:
+        return self.get("general.architecture")
+
+    @property
+    def split(self) -> tuple[int, int]:
+        """(0-based shard number, shard count); (0, 1) for a single file."""
+        return int(self.get("split.no", 0)), int(self.get("split.count", 1))
+
+    @property
+    def slack(self) -> int:
+        """Bytes a rewritten header may grow by without moving any tensor data."""
+        pad = self.kvs.get(PAD_KEY)
+        reserved = (pad.end - pad.start) if pad else 0
+        return self.data_offset - self.tensor_info_end + reserved
+
+
+def _corrupt(path: Path, what: str) -> YarnconvError:
+    return YarnconvError(f"{path.name}: not a valid GGUF file ({what})", "re-download or re-convert it")
+
+
+class _Cursor:
+    """Bounds-checked little-endian reads from a memory map."""
+
+    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
+        self.buf, self.pos, self.path, self.size = buf, 0, path, len(buf)
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise _corrupt(self.path, f"truncated: {what} needs {n} bytes at offset {self.pos}, file has {self.size}")
+
+    def unpack(self, fmt: str, what: str) -> Any:
+        n = struct.calcsize(fmt)
+        self.need(n, what)
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += n
+        return value
+
+    def string(self, what: str, *, decode: bool = True) -> str | None:
+        n = self.unpack("<Q", f"{what} length")
+        self.need(n, what)
+        raw = self.buf[self.pos : self.pos + n] if decode else None
+        self.pos += n
+        if raw is None:
+            return None
+        try:
+            return bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            return bytes(raw).decode("utf-8", errors="replace")
+
+    def value_type(self, what: str) -> GGUFValueType:
+        raw = self.unpack("<I", what)
+        try:
+            return GGUFValueType(raw)
+        except ValueError:
+            raise _corrupt(self.path, f"{what} has unknown value type {raw}") from None
+
+
+def _read_value(cur: _Cursor, vtype: GGUFValueType, key: str) -> tuple[Any, GGUFValueType | None, int | None]:
+    if vtype in _SCALAR:
+        return cur.unpack(_SCALAR[vtype], key), None, None
+    if vtype == GGUFValueType.STRING:
+        return cur.string(key), None, None
+    if vtype != GGUFValueType.ARRAY:
+        raise _corrupt(cur.path, f"{key} has unsupported type {vtype}")
+    sub = cur.value_type(f"{key} element type")
+    count = cur.unpack("<Q", f"{key} element count")
+    if sub == GGUFValueType.STRING:
+        cur.need(count * 8, f"{key} ({count} strings)")  # each string needs at least its length field
+        for _ in range(count):
+            cur.string(key, decode=False)
+        return None, sub, count
+    if sub not in _SCALAR:
+        raise _corrupt(cur.path, f"{key} is an array of {sub.name}, which GGUF does not allow")
+    width = struct.calcsize(_SCALAR[sub])
+    cur.need(count * width, f"{key} ({count} x {sub.name})")
+    value = None
+    if count <= _SMALL_ARRAY:
+        value = list(struct.unpack_from(f"<{count}{_SCALAR[sub][1]}", cur.buf, cur.pos))
+    cur.pos += count * width
+    return value, sub, count
+
+
+def tensor_nbytes(dims: tuple[int, ...], ggml_type: int) -> int:
+    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    numel = 1
+    for d in dims:
+        numel *= d
+    return numel // block * type_size
+
+
+def read_header(path: str | Path) -> GGUFHeader:
+    """Parse and validate a GGUF header; every failure is one line, no allocation beyond the file."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise YarnconvError(f"{path} does not exist", "check the path") from None
+    except OSError as exc:
+        raise YarnconvError(f"cannot read {path}: {exc.strerror}", "check the path and permissions") from None
+    with f:
+        if size < 24:
+            raise _corrupt(path, f"only {size} bytes")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            return _parse(buf, path, size)
+
+
+def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFHeader:
+    cur = _Cursor(buf, path)
+    if buf[:4] != MAGIC:
+        raise _corrupt(path, f"bad magic {bytes(buf[:4])!r}, expected b'GGUF'")
+    cur.pos = 4
+    version = cur.unpack("<I", "version")
+    if version not in (2, 3):
+        raise _corrupt(path, f"unsupported GGUF version {version}")
+    n_tensors = cur.unpack("<Q", "tensor count")
+    n_kv = cur.unpack("<Q", "key/value count")
+    # Each pair needs >= 8+1+4+1 bytes, each tensor info >= 8+1+4+8+4+8: reject absurd counts up front.
+    if n_kv * 14 > size or n_tensors * 33 > size:
+        raise _corrupt(path, f"header claims {n_kv} keys and {n_tensors} tensors, more than {size} bytes can hold")
+    kv_start = cur.pos
+    kvs: dict[str, KV] = {}
+    order: list[str] = []
+    for i in range(n_kv):
+        start = cur.pos
+        key = cur.string(f"key #{i}")
+        assert key is not None
+        vtype = cur.value_type(f"key {key!r}")
+        value, sub, count = _read_value(cur, vtype, key)
+        if key in kvs:
+            raise _corrupt(path, f"duplicate key {key!r}")
+        kvs[key] = KV(key, vtype, value, start, cur.pos, sub, count)
+        order.append(key)
+    alignment = DEFAULT_ALIGNMENT
+    if "general.alignment" in kvs:
+        alignment = kvs["general.alignment"].value
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise _corrupt(path, f"general.alignment {alignment!r} is not a power of two")
+    tensor_info_start = cur.pos
+    tensors: list[TensorEntry] = []
+    for i in range(n_tensors):
+        name = cur.string(f"tensor name #{i}") or ""
+        n_dims = cur.unpack("<I", f"{name} dims")
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise _corrupt(path, f"tensor {name!r} has {n_dims} dimensions")
+        dims = tuple(cur.unpack("<Q", f"{name} dim") for _ in range(n_dims))
+        ggml_type = cur.unpack("<I", f"{name} type")
+        if ggml_type not in GGML_QUANT_SIZES:
+            raise _corrupt(path, f"tensor {name!r} has unknown ggml type {ggml_type}")
+        offset = cur.unpack("<Q", f"{name} offset")
+        block = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)][0]
+        if any(d == 0 or d > size * block for d in dims) or dims[0] % block:
+            raise _corrupt(path, f"tensor {name!r} has impossible shape {list(dims)} for {GGMLQuantizationType(ggml_type).name}")
+        tensors.append(TensorEntry(name, dims, ggml_type, offset, tensor_nbytes(dims, ggml_type)))
+    tensor_info_end = cur.pos
+    data_offset = -(-tensor_info_end // alignment) * alignment
+    for t in tensors:
+        if t.offset % alignment or data_offset + t.offset + t.nbytes > size:
+            raise _corrupt(
+                path,
+                f"truncated: tensor {t.name!r} needs bytes up to {data_offset + t.offset + t.nbytes}, file has {size}"
+                if t.offset % alignment == 0
+                else f"tensor {t.name!r} offset {t.offset} is not aligned to {alignment}",
+            )
+    return GGUFHeader(path, size, version, kvs, tensors, kv_start, tensor_info_start, tensor_info_end, alignment, data_offset, order)
+
+
+# ------------------------------------------------------------------------------------ encoding
+
+
+def _encode_string(s: str) -> bytes:
+    raw = s.encode("utf-8")
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def encode_kv(key: str, vtype: GGUFValueType, value: Any) -> bytes:
+    """One scalar or string pair in GGUF's wire format."""
+    head = _encode_string(key) + struct.pack("<I", int(vtype))
+    if vtype == GGUFValueType.STRING:
+        return head + _encode_string(value)
+    if vtype in _SCALAR:
+        return head + struct.pack(_SCALAR[vtype], value)
+    raise ValueError(f"yarnconv only re-encodes scalars and strings, not {vtype.name}")
+
+
+def pad_kv(total: int) -> bytes:
+    """A ``PAD_KEY`` pair that is exactly ``total`` bytes long (its string holds spaces)."""
+    n = total - len(encode_kv(PAD_KEY, GGUFValueType.STRING, ""))
+    if n < 1:
+        raise ValueError(f"a padding pair needs more than {total} bytes")
+    return encode_kv(PAD_KEY, GGUFValueType.STRING, " " * n)
+
+
+PAD_MIN = len(encode_kv(PAD_KEY, GGUFValueType.STRING, " "))
+
+
+def shard_paths(path: Path) -> list[Path]:
+    """All files of a split set named like ``path`` (llama.cpp's -0000N-of-0000M naming), or [path]."""
+    m = SHARD_RE.match(path.name)
+    if not m:
+        return [path]
+    count = int(m["count"])
+    return [path.with_name(f"{m['stem']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
