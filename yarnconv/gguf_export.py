@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from gguf import (
     GGML_QUANT_SIZES,
+    MODEL_ARCH,
     GGMLQuantizationType,
     GGUFWriter,
     LlamaFileType,
-    MODEL_ARCH,
     QuantError,
     get_tensor_name_map,
     quant_shape_to_byte_shape,
@@ -44,7 +44,12 @@ from yarnconv.gguf_vocab import add_vocab
 
 Q = GGMLQuantizationType
 OUTTYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}
-FILE_TYPE = {Q.F32: LlamaFileType.ALL_F32, Q.F16: LlamaFileType.MOSTLY_F16, Q.BF16: LlamaFileType.MOSTLY_BF16, Q.Q8_0: LlamaFileType.MOSTLY_Q8_0}
+FILE_TYPE = {
+    Q.F32: LlamaFileType.ALL_F32,
+    Q.F16: LlamaFileType.MOSTLY_F16,
+    Q.BF16: LlamaFileType.MOSTLY_BF16,
+    Q.Q8_0: LlamaFileType.MOSTLY_Q8_0,
+}
 # HF model_type -> (GGUF arch, gguf-py arch enum, Llama Q/K re-pairing)
 ARCHS = {
     "llama": ("llama", MODEL_ARCH.LLAMA, True),
@@ -153,9 +158,7 @@ def _outtype_for(name: str, shape: tuple[int, ...], outtype: GGMLQuantizationTyp
     return outtype, None
 
 
-def plan_export(
-    root: Path, config: dict[str, Any], outtype: str = "auto", *, route: str = "auto", name: str | None = None
-) -> ExportPlan:
+def plan_export(root: Path, config: dict[str, Any], outtype: str = "auto", *, route: str = "auto", name: str | None = None) -> ExportPlan:
     """Decide tensor names, types and keys from config.json and the safetensors headers alone."""
     view = read_config(config)
     mt = view.model_type or "?"
@@ -182,7 +185,9 @@ def plan_export(
         raise YarnconvError(f"unknown outtype {outtype!r}", f"choose one of {', '.join([*OUTTYPES, 'auto'])}")
     block = view.rope
     if block.rope_type not in ("default", "yarn", "linear"):
-        raise YarnconvError(f"{block.rope_type!r} RoPE scaling has no GGUF encoding in yarnconv", "export a yarn, linear or unscaled config")
+        raise YarnconvError(
+            f"{block.rope_type!r} RoPE scaling has no GGUF encoding in yarnconv", "export a yarn, linear or unscaled config"
+        )
     dim = view.rotary_dim or view.head_dim or 0
     length = view.max_position or 0
     warnings: list[str] = []
@@ -218,9 +223,7 @@ def plan_export(
             warnings.append(note)
         out.append(OutTensor(new, qt, t.shape, src=t, heads=heads))
         n_params += int(np.prod(t.shape))
-    return ExportPlan(
-        arch, qtype, out, keys, block, length, chosen, name or root.name, size_label(n_params, 0, 0, 0), n_params, warnings
-    )
+    return ExportPlan(arch, qtype, out, keys, block, length, chosen, name or root.name, size_label(n_params, 0, 0, 0), n_params, warnings)
 
 
 def _route(arch: str, block: RopeBlock, route: str, warnings: list[str]) -> str:
@@ -409,7 +412,7 @@ def export_gguf(
         shard_of = [list(d) for d in w.tensors]
         by_name = {t.name: t for t in plan.tensors}
         with _progress(sum(t.src.nbytes for t in plan.tensors if t.src), progress) as bar:
-            for fout, names_in_shard in zip(w.fout, shard_of):
+            for fout, names_in_shard in zip(w.fout, shard_of, strict=True):
                 for tname in names_in_shard:
                     _write_tensor(fout, by_name[tname], fds, bar, w.data_alignment)
                 fout.flush()

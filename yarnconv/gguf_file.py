@@ -12,6 +12,7 @@ the pairs, the tensor infos, padding to ``general.alignment``, then the data sec
 from __future__ import annotations
 
 import mmap
+import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -196,17 +197,18 @@ def read_header(path: str | Path) -> GGUFHeader:
     """Parse and validate a GGUF header; every failure is one line, no allocation beyond the file."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        f = open(path, "rb")
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < 24:
+                raise _corrupt(path, f"only {size} bytes")
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return _parse(buf, path, size)
     except FileNotFoundError:
         raise YarnconvError(f"{path} does not exist", "check the path") from None
-    except OSError as exc:
-        raise YarnconvError(f"cannot read {path}: {exc.strerror}", "check the path and permissions") from None
-    with f:
-        if size < 24:
-            raise _corrupt(path, f"only {size} bytes")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            return _parse(buf, path, size)
+    except IsADirectoryError:
+        raise YarnconvError(f"{path} is a directory, not a GGUF file", "pass the .gguf file") from None
+    except PermissionError as exc:
+        raise YarnconvError(f"cannot read {path}: {exc.strerror}", "check the permissions") from None
 
 
 def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFHeader:

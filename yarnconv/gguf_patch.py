@@ -56,9 +56,13 @@ def plan_patch(header: GGUFHeader, request: ExtendRequest) -> GGUFPatchPlan:
         raise YarnconvError(f"{header.path.name} has no general.architecture", "is this a model GGUF (not a LoRA or vocab file)?")
     no, count = header.split
     if no != 0:
-        raise YarnconvError(f"{header.path.name} is shard {no + 1} of {count}; only the first shard holds metadata", "pass the -00001- file")
+        raise YarnconvError(
+            f"{header.path.name} is shard {no + 1} of {count}; only the first shard holds metadata", "pass the -00001- file"
+        )
     if arch in NO_ROPE_ARCHS:
-        raise YarnconvError(f"{arch} uses {NO_ROPE_ARCHS[arch]}, not RoPE; there is nothing to rescale", "YaRN applies to rotary-embedding models")
+        raise YarnconvError(
+            f"{arch} uses {NO_ROPE_ARCHS[arch]}, not RoPE; there is nothing to rescale", "YaRN applies to rotary-embedding models"
+        )
     if arch in SPECIAL_YARN_ARCHS and not request.force:
         raise YarnconvError(
             f"llama.cpp handles YaRN specially for {arch}: {SPECIAL_YARN_ARCHS[arch]}", "pass --force to write the generic keys anyway"
@@ -77,7 +81,9 @@ def plan_patch(header: GGUFHeader, request: ExtendRequest) -> GGUFPatchPlan:
             )
         notes.append("kept rope_freqs.weight; llama.cpp applies YaRN on top of it (--force)")
     if current.scaling_type not in ("none", "linear", "yarn"):
-        raise YarnconvError(f"{arch}.rope.scaling.type is {current.scaling_type!r}, which yarnconv cannot re-plan", "patch a file without it")
+        raise YarnconvError(
+            f"{arch}.rope.scaling.type is {current.scaling_type!r}, which yarnconv cannot re-plan", "patch a file without it"
+        )
     plan = plan_extend(pseudo_config(current, header.get(f"{arch}.block_count")), request)
     keys = plan_keys(arch, plan.after, plan.max_position_after, current.dim or _head_dim(header, arch))
     return GGUFPatchPlan(header, plan, keys, notes)
@@ -171,7 +177,7 @@ def patch(
     if output is None:
         raise YarnconvError("no output given", "pass -o NEW.gguf, or --in-place to edit the file itself")
     dst_paths = _output_paths(Path(output), shards)
-    for s, d in zip(shards, dst_paths):
+    for s, d in zip(shards, dst_paths, strict=True):
         if d.resolve() == s.resolve():
             raise YarnconvError(f"{d} is the input file", "use --in-place to edit it, or choose another -o")
         if d.exists() and not force_output:
@@ -180,7 +186,7 @@ def patch(
     record.update(mode="rewrite", output=str(dst_paths[0]), outputs=[str(p) for p in dst_paths], header_bytes=len(new))
     if not dry_run:
         dst_paths[0].parent.mkdir(parents=True, exist_ok=True)
-        for s, d in list(zip(shards, dst_paths))[1:]:
+        for s, d in list(zip(shards, dst_paths, strict=True))[1:]:
             tmp = _tmp(d)
             record.setdefault("shard_actions", []).append(place_file(s, tmp, link))
             os.replace(tmp, d)
@@ -194,7 +200,9 @@ def _shards(src: Path, header: GGUFHeader) -> list[Path]:
         return [src]
     paths = shard_paths(src)
     if len(paths) != count:
-        raise YarnconvError(f"{src.name} says it is 1 of {count} shards but is not named like one", "keep llama.cpp's -00001-of-0000N names")
+        raise YarnconvError(
+            f"{src.name} says it is 1 of {count} shards but is not named like one", "keep llama.cpp's -00001-of-0000N names"
+        )
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
         raise YarnconvError(f"split set incomplete: {missing[0]} is missing", "put all shards in one directory")

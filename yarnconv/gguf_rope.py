@@ -191,7 +191,7 @@ def plan_keys(arch: str, block: RopeBlock, length: int, dim: int, *, route: str 
         # Exact: per-pair divisors carry ramp, betas and truncate; "none" stops llama.cpp's own YaRN.
         result = rope.compute(block.spec(dim))
         base = rope.base_inv_freq(block.theta, dim)
-        p.rope_freqs = np.array([b / f for b, f in zip(base, result.inv_freq)], dtype=np.float32)
+        p.rope_freqs = np.array([b / f for b, f in zip(base, result.inv_freq, strict=True)], dtype=np.float32)
         p.sets[key(arch, "rope.scaling.type")] = (STR, "none")
         if abs(result.attention_factor - 1.0) > 1e-7:
             p.sets[key(arch, "rope.scaling.attn_factor")] = (F32, result.attention_factor)
@@ -218,7 +218,9 @@ def plan_keys(arch: str, block: RopeBlock, length: int, dim: int, *, route: str 
             fix = (
                 "export with --gguf-rope freqs for an exact rope_freqs.weight tensor"
                 if arch in ROPE_FREQS_ARCHS
-                else f"run llama.cpp with {' '.join(llama_cpp_beta_flags(block))}" if any("beta" in x for x in lost) else "no GGUF route exists"
+                else f"run llama.cpp with {' '.join(llama_cpp_beta_flags(block))}"
+                if any("beta" in x for x in lost)
+                else "no GGUF route exists"
             )
             p.warnings.append(f"llama.cpp will NOT apply {'; '.join(lost)} from this file: {fix}")
     p.removes -= set(p.sets)
@@ -226,7 +228,10 @@ def plan_keys(arch: str, block: RopeBlock, length: int, dim: int, *, route: str 
 
 
 def llama_cpp_beta_flags(block: RopeBlock) -> list[str]:
-    return [f"--yarn-beta-fast {block.beta_fast or rope.DEFAULT_BETA_FAST:g}", f"--yarn-beta-slow {block.beta_slow or rope.DEFAULT_BETA_SLOW:g}"]
+    return [
+        f"--yarn-beta-fast {block.beta_fast or rope.DEFAULT_BETA_FAST:g}",
+        f"--yarn-beta-slow {block.beta_slow or rope.DEFAULT_BETA_SLOW:g}",
+    ]
 
 
 def llama_cpp_flags(block: RopeBlock, length: int) -> list[str]:
