@@ -67,9 +67,40 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def inspect(model: str, revision: str | None, as_json: bool) -> None:
     """Describe MODEL and lint its RoPE config: what each runtime will effectively use."""
+    if model.endswith(".gguf") or os.path.isfile(model):
+        from yarnconv.inspect import inspect_gguf
+
+        _emit(inspect_gguf(model), as_json, _print_inspect_gguf)
+        return
     from yarnconv.inspect import inspect_model
 
     _emit(inspect_model(model, revision=revision), as_json, _print_inspect)
+
+
+def _print_inspect_gguf(r: dict[str, Any]) -> None:
+    line = click.echo
+    line(r["path"])
+    split = f", shard {r['split']['no']} of {r['split']['count']}" if r["split"] else ""
+    line(f"  model        {r['architecture']} GGUF v{r['gguf_version']}, {r['name'] or 'unnamed'} {r['size_label'] or ''}{split}")
+    line(f"  tensors      {r['tensors']} ({', '.join(f'{n} {t}' for t, n in sorted(r['tensor_types'].items()))}), {_fmt_bytes(r['size_on_disk'])}")
+    line(f"  tokenizer    {r['tokenizer']['model']} (pre {r['tokenizer']['pre']})")
+    line(f"  context      {r['context_length']}")
+    for k, v in r["rope_keys"].items():
+        line(f"    {k} = {v}")
+    eff = r["llama_cpp"]
+    desc = f"{eff['scaling']}"
+    if "freq_scale" in eff:
+        desc += f", freq_scale {eff['freq_scale']:.6g}"
+    if "n_ctx_orig_yarn" in eff:
+        desc += f", original {eff['n_ctx_orig_yarn']}, betas {eff['beta_fast']:g}/{eff['beta_slow']:g}"
+    if "attention_magnitude" in eff:
+        desc += f", attention magnitude {eff['attention_magnitude']:.6g}"
+    line(f"  llama.cpp    {desc}")
+    for k in ("rope_freqs", "warning"):
+        if k in eff:
+            line(f"    {eff[k]}")
+    spare = r["spare_header_bytes"]
+    line(f"  header       {r['header_bytes']} bytes, {spare} spare ({'in-place edits fit' if spare >= 256 else 'rope edits need a rewrite'})")
 
 
 def _fmt_bytes(n: int) -> str:
@@ -160,9 +191,47 @@ def _extend_options(func: Any) -> Any:
     return func
 
 
+def _gguf_options(func: Any) -> Any:
+    options = [
+        click.option(
+            "--outtype",
+            type=click.Choice(["auto", "f32", "f16", "bf16", "q8_0"]),
+            default="auto",
+            show_default=True,
+            help="GGUF tensor type; auto is bf16 for bf16 weights, else f16.",
+        ),
+        click.option(
+            "--gguf-rope",
+            type=click.Choice(["auto", "keys", "freqs"]),
+            default="auto",
+            show_default=True,
+            help="keys: llama.cpp's YaRN keys; freqs: an exact rope_freqs.weight tensor (llama family); auto: keys unless they lose settings.",
+        ),
+        click.option("--pre-tokenizer", help="llama.cpp pre-tokenizer name, when tokenizer.json's is not recognised."),
+        click.option("--split-max-size", help="Split into shards of at most N bytes (e.g. 2G, 500M; decimal units)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _size(text: str | None) -> int:
+    if not text:
+        return 0
+    units = {"K": 1000, "M": 1000**2, "G": 1000**3}
+    t = text.strip().upper()
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t[-1] in units else int(t)
+    except ValueError:
+        raise YarnconvError(f"--split-max-size {text!r} is not a size", "write it like 2G, 500M or 1000000") from None
+
+
 @main.command()
 @click.argument("model")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output directory (created atomically).")
+@click.option("-o", "--output", type=click.Path(), help="Output directory; with --gguf or a .gguf MODEL, a .gguf file or directory.")
+@click.option("--in-place", is_flag=True, help="GGUF MODEL: edit its header in place (only when the new keys fit).")
+@click.option("--gguf", "to_gguf", is_flag=True, help="Write a GGUF file instead of an HF checkpoint (extend and export in one go).")
+@_gguf_options
 @_extend_options
 @click.option(
     "--link",
@@ -187,17 +256,60 @@ def extend(
     dry_run: bool,
     quiet: bool,
     as_json: bool,
+    in_place: bool,
+    to_gguf: bool,
+    outtype: str,
+    gguf_rope: str,
+    pre_tokenizer: str | None,
+    split_max_size: str | None,
     **opts: Any,
 ) -> None:
     """Write a copy of MODEL with a YaRN-extended context to OUTPUT; weights are linked, never rewritten.
 
-    MODEL is a local directory, a Hub id (org/name) or builtin:smollm2.
+    MODEL is a local directory, a Hub id (org/name), builtin:smollm2, or a .gguf file (patched:
+    only rope and context keys change, tensor bytes are copied verbatim or not at all with --in-place).
+
+    \b
+    Examples:
+      yarnconv extend ./llama-2-7b --scale 16 -o llama-2-7b-yarn-64k
+      yarnconv extend ./llama-2-7b --scale 16 --gguf --outtype q8_0 -o out/
+      yarnconv extend qwen2.5-7b-instruct-q4_k_m.gguf --scale 4 -o qwen-128k-q4_k_m.gguf
     """
     from yarnconv.extend import extend as run_extend
     from yarnconv.extend import plan_for
     from yarnconv.plan import ExtendRequest
 
     request = ExtendRequest(**opts, force=force)
+    progress = not (quiet or as_json)
+    if model.endswith(".gguf"):
+        from yarnconv.gguf_patch import patch
+
+        record = patch(model, output, request, in_place=in_place, force_output=force, link=link, dry_run=dry_run, progress=progress)
+        _emit(record, as_json, _print_patch)
+        return
+    if in_place:
+        raise YarnconvError("--in-place edits GGUF files only", "HF checkpoints are never modified; pass -o DIR")
+    if output is None:
+        raise YarnconvError("no output given", "pass -o DIR (or -o FILE.gguf with --gguf)")
+    if to_gguf:
+        from yarnconv.gguf_export import export_gguf
+
+        src, _, plan = plan_for(model, request, revision=revision)
+        record = export_gguf(
+            src.path,
+            output,
+            outtype=outtype,
+            config=plan.config,
+            route=gguf_rope,
+            pre_tokenizer=pre_tokenizer,
+            split_max_size=_size(split_max_size),
+            force=force,
+            dry_run=dry_run,
+            progress=progress,
+        )
+        record.update(plan.summary())
+        _emit(record, as_json, _print_export)
+        return
     if dry_run:
         _, _, plan = plan_for(model, request, revision=revision)
         summary = {"dry_run": True, **plan.summary(), "config": plan.config}
@@ -244,6 +356,88 @@ def _print_record(r: dict[str, Any]) -> None:
         counts[f["action"]] = counts.get(f["action"], 0) + 1
     click.echo("  files: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items())))
     click.echo(f"wrote {r['output']}")
+
+
+def _print_patch(r: dict[str, Any]) -> None:
+    _print_change({**r, "findings": []})
+    for k, v in r["gguf_keys"]["set"].items():
+        click.echo(f"  set {k} = {v}")
+    for k in r["gguf_keys"]["remove"]:
+        click.echo(f"  removed {k}")
+    for w in r["gguf_keys"]["warnings"]:
+        click.echo(f"  WARNING: {w}", err=True)
+    click.echo(f"  same as running the original with: {r['llama_cpp_equivalent_flags']}")
+    verb = "would write" if r.get("dry_run") else "wrote"
+    how = "header edited in place" if r["mode"] == "in-place" else "new header, tensor data copied verbatim"
+    click.echo(f"{verb} {r['output']} ({how})")
+
+
+def _print_export(r: dict[str, Any]) -> None:
+    if "method" in r:
+        _print_change(r)
+    types = ", ".join(f"{n} {t}" for t, n in sorted(r["tensor_types"].items()))
+    click.echo(f"  {r['architecture']} {r['size_label']}, {r['tensors']} tensors ({types}), {_fmt_bytes(r['bytes'])}")
+    v = r.get("vocab")
+    if v:
+        click.echo(f"  tokenizer {v['model']}, pre {v['pre']} ({v['pre_source']}), {v['tokens']} tokens")
+    for k, val in r["gguf_keys"]["set"].items():
+        click.echo(f"  {k} = {val}")
+    for w in r["warnings"]:
+        click.echo(f"  WARNING: {w}", err=True)
+    click.echo(("would write " if r.get("dry_run") else "wrote ") + ", ".join(r["outputs"]))
+
+
+# ---------------------------------------------------------------------------------------- export
+
+
+@main.command()
+@click.argument("model")
+@click.option("--gguf", "to_gguf", is_flag=True, help="Write GGUF (the only export format so far).")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Output .gguf file, or a directory for llama.cpp's naming.")
+@_gguf_options
+@click.option("--name", help="Model name for general.name and the file name (default: the directory or Hub name).")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
+@click.option("--dry-run", is_flag=True, help="Show what would be written; write nothing.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+def export(
+    model: str,
+    to_gguf: bool,
+    output: str,
+    outtype: str,
+    gguf_rope: str,
+    pre_tokenizer: str | None,
+    split_max_size: str | None,
+    name: str | None,
+    force: bool,
+    dry_run: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Convert the HF checkpoint MODEL (e.g. one made by extend) to GGUF with YaRN metadata llama.cpp honours.
+
+    \b
+    Examples:
+      yarnconv export llama-2-7b-yarn-64k --gguf --outtype q8_0 -o Llama-2-7B-YaRN-64k-Q8_0.gguf
+      yarnconv export ./qwen-128k --gguf -o out/ --split-max-size 2G
+    """
+    from yarnconv.gguf_export import export_gguf
+
+    if not to_gguf:
+        raise YarnconvError("choose an export format", "pass --gguf")
+    record = export_gguf(
+        model,
+        output,
+        outtype=outtype,
+        route=gguf_rope,
+        pre_tokenizer=pre_tokenizer,
+        split_max_size=_size(split_max_size),
+        name=name,
+        force=force,
+        dry_run=dry_run,
+        progress=not (quiet or as_json),
+    )
+    _emit({**record, "dry_run": dry_run}, as_json, _print_export)
 
 
 # ------------------------------------------------------------------------------------------ demo

