@@ -29,7 +29,7 @@ llama_cpp = pytest.importorskip("llama_cpp") if not os.environ.get("CI") else __
 
 N_TOKENS = 700  # past 4 x the 256-token original context used below: YaRN is active from position 0
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
-INIT = {"llama": 0.2, "mistral": 0.1, "qwen2": 0.1, "qwen3": 0.1}
+INIT = {"llama": 0.1, "mistral": 0.1, "qwen2": 0.1, "qwen3": 0.1}
 
 
 def token_ids(n: int = N_TOKENS) -> list[int]:
@@ -154,7 +154,9 @@ def test_export_real_smollm2_matches_transformers(tmp_path: Path, smollm2_dir: P
         ("llama", "bf16", "bfloat16"),
         ("llama", "q8_0", "bfloat16"),
         ("llama", "auto", "bfloat16"),
-        ("qwen2", "q8_0", "float32"),
+        # qwen2 is covered by the logits tests: under transformers 5 the converter rebuilds a qwen2
+        # checkpoint's pre-tokenizer from the model type, so it cannot hash the borrowed SmolLM tokenizer.
+        ("qwen3", "q8_0", "float32"),
         ("qwen3", "f16", "bfloat16"),
     ],
 )
@@ -179,9 +181,19 @@ def test_tensor_bytes_identical_to_llama_cpp_converter(
     assert ta == tb
     fa, fb = ({k: f.contents() for k, f in r.fields.items()} for r in (a, b))
     for key in fb:
-        if key.startswith(f"{a.fields['general.architecture'].contents()}.") and ".rope.scaling." not in key and "context_length" not in key:
+        if (
+            key.startswith(f"{a.fields['general.architecture'].contents()}.")
+            and ".rope.scaling." not in key
+            and "context_length" not in key
+        ):
             assert fa.get(key) == pytest.approx(fb[key]), key
-    for key in ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges"):
+    for key in (
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.token_type",
+        "tokenizer.ggml.merges",
+    ):
         assert fa[key] == fb[key], key
     assert fa["tokenizer.chat_template"] == fb["tokenizer.chat_template"]
     assert fa["general.file_type"] == fb["general.file_type"]
@@ -241,7 +253,9 @@ def test_rope_freqs_route_is_exact_for_non_default_betas(tmp_path: Path, tokeniz
     run_cli("extend", str(src), "--scale", "4", "--beta-fast", "16", "--beta-slow", "2", "--attention-factor", "1.1", "-o", str(ext), "-q")
     record = json.loads(run_cli("export", str(ext), "--gguf", "--outtype", "f32", "-o", str(tmp_path / "f.gguf"), "-q", "--json").stdout)
     assert record["rope_route"] == "freqs" and any("rope_freqs.weight" in w for w in record["warnings"])
-    keys = CliRunner().invoke(main, ["export", str(ext), "--gguf", "--outtype", "f32", "--gguf-rope", "keys", "-o", str(tmp_path / "k.gguf")])
+    keys = CliRunner().invoke(
+        main, ["export", str(ext), "--gguf", "--outtype", "f32", "--gguf-rope", "keys", "-o", str(tmp_path / "k.gguf")]
+    )
     assert keys.exit_code == 0 and "will NOT apply beta_fast=16" in keys.stderr
     tokens = token_ids()
     ref = hf_logits(ext, tokens)
@@ -254,7 +268,11 @@ def test_rope_freqs_route_is_exact_for_non_default_betas(tmp_path: Path, tokeniz
 def test_split_export_and_patch_first_shard_only(tmp_path: Path, tokenizer_src: Path) -> None:
     src = tiny_with_tokenizer(tmp_path / "src", "qwen2", tokenizer_src)
     out = tmp_path / "split"
-    record = json.loads(run_cli("export", str(src), "--gguf", "--outtype", "f32", "--split-max-size", "10M", "-o", str(out / "m.gguf"), "-q", "--json").stdout)
+    record = json.loads(
+        run_cli(
+            "export", str(src), "--gguf", "--outtype", "f32", "--split-max-size", "10M", "-o", str(out / "m.gguf"), "-q", "--json"
+        ).stdout
+    )
     names = [Path(p).name for p in record["outputs"]]
     assert len(names) >= 3 and names[0] == f"m-00001-of-{len(names):05d}.gguf"
     first = out / names[0]

@@ -82,7 +82,9 @@ def _print_inspect_gguf(r: dict[str, Any]) -> None:
     line(r["path"])
     split = f", shard {r['split']['no']} of {r['split']['count']}" if r["split"] else ""
     line(f"  model        {r['architecture']} GGUF v{r['gguf_version']}, {r['name'] or 'unnamed'} {r['size_label'] or ''}{split}")
-    line(f"  tensors      {r['tensors']} ({', '.join(f'{n} {t}' for t, n in sorted(r['tensor_types'].items()))}), {_fmt_bytes(r['size_on_disk'])}")
+    line(
+        f"  tensors      {r['tensors']} ({', '.join(f'{n} {t}' for t, n in sorted(r['tensor_types'].items()))}), {_fmt_bytes(r['size_on_disk'])}"
+    )
     line(f"  tokenizer    {r['tokenizer']['model']} (pre {r['tokenizer']['pre']})")
     line(f"  context      {r['context_length']}")
     for k, v in r["rope_keys"].items():
@@ -100,7 +102,9 @@ def _print_inspect_gguf(r: dict[str, Any]) -> None:
         if k in eff:
             line(f"    {eff[k]}")
     spare = r["spare_header_bytes"]
-    line(f"  header       {r['header_bytes']} bytes, {spare} spare ({'in-place edits fit' if spare >= 256 else 'rope edits need a rewrite'})")
+    line(
+        f"  header       {r['header_bytes']} bytes, {spare} spare ({'in-place edits fit' if spare >= 256 else 'rope edits need a rewrite'})"
+    )
 
 
 def _fmt_bytes(n: int) -> str:

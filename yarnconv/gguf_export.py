@@ -322,9 +322,9 @@ def _hparams(w: GGUFWriter, arch: str, text: dict[str, Any], plan: ExportPlan, v
     w.add_head_count_kv(text.get("num_key_value_heads") or text["num_attention_heads"])
     w.add_rope_freq_base(plan.rope.theta)
     w.add_layer_norm_rms_eps(text.get("rms_norm_eps", 1e-6))
-    if text.get("head_dim") is not None:
-        w.add_key_length(text["head_dim"])
-        w.add_value_length(text["head_dim"])
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    w.add_key_length(head_dim)  # the converter writes these from AutoConfig, which always has head_dim
+    w.add_value_length(head_dim)
     if arch == "llama":
         w.add_vocab_size(text["vocab_size"])
         w.add_rope_dimension_count(view.rotary_dim)

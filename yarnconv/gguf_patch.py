@@ -84,8 +84,9 @@ def plan_patch(header: GGUFHeader, request: ExtendRequest) -> GGUFPatchPlan:
         raise YarnconvError(
             f"{arch}.rope.scaling.type is {current.scaling_type!r}, which yarnconv cannot re-plan", "patch a file without it"
         )
-    plan = plan_extend(pseudo_config(current, header.get(f"{arch}.block_count")), request)
-    keys = plan_keys(arch, plan.after, plan.max_position_after, current.dim or _head_dim(header, arch))
+    dim = current.dim or _head_dim(header, arch)
+    plan = plan_extend(pseudo_config(current, header.get(f"{arch}.block_count"), dim), request)
+    keys = plan_keys(arch, plan.after, plan.max_position_after, dim)
     keys.removes &= set(header.kvs)
     return GGUFPatchPlan(header, plan, keys, notes)
 

@@ -118,13 +118,13 @@ def read_rope(get: Any, arch: str, tensor_names: set[str]) -> GGUFRope:
     )
 
 
-def pseudo_config(r: GGUFRope, block_count: int | None = None) -> dict[str, Any]:
+def pseudo_config(r: GGUFRope, block_count: int | None = None, head_dim: int | None = None) -> dict[str, Any]:
     """An HF-style config with the same rope meaning, so one planner serves HF and GGUF alike."""
     cfg: dict[str, Any] = {"model_type": r.arch, "rope_theta": r.freq_base}
     if block_count:
         cfg["num_hidden_layers"] = block_count
-    if r.dim:
-        cfg["head_dim"] = r.dim
+    if r.dim or head_dim:
+        cfg["head_dim"] = r.dim or head_dim
     if r.context_length:
         cfg["max_position_embeddings"] = r.context_length
     b = r.block()

@@ -104,7 +104,7 @@ def add_vocab(writer: GGUFWriter, root: Path, n_vocab: int, *, pre_tokenizer: st
 def _pad_to(tokens: list[bytes], scores: list[float], types: list[int], n_vocab: int) -> None:
     for i in range(len(tokens), n_vocab):
         tokens.append(f"[PAD{i}]".encode())
-        scores.append(-1000.0)
+        scores.append(-10000.0)  # the converter's score for padding pieces
         types.append(TokenType.UNUSED)
 
 
