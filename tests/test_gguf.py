@@ -44,13 +44,14 @@ def llama_logits(path: Path, tokens: list[int], **kw: object) -> np.ndarray:
     return out
 
 
-def hf_logits(root: Path, tokens: list[int]) -> np.ndarray:
+def hf_logits(root: Path, tokens: list[int], keep: int = 0) -> np.ndarray:
+    """transformers' logits (all positions, or the last ``keep``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32)
     with torch.inference_mode():
-        return model(torch.tensor([tokens])).logits[0].double().numpy()
+        return model(torch.tensor([tokens]), logits_to_keep=keep).logits[0].double().numpy()
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -425,3 +426,34 @@ def test_corrupt_gguf_gives_one_line_quickly(tmp_path: Path, short_gguf: Path, c
         assert len(lines) == 1 and lines[0].startswith("Error: bad.gguf: not a valid GGUF file"), lines
         assert "Traceback" not in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]
+
+
+def test_patch_real_q4_1_file_equals_flags(tmp_path: Path) -> None:
+    """Any quantization: llama.cpp's own Q4_1 SmolLM2 (8k) patched to 32k reads exactly like the YaRN flags."""
+    from yarnconv.sources import builtin_gguf
+
+    src = builtin_gguf("smollm2")
+    out = tmp_path / "smol-32k-Q4_1.gguf"
+    run_cli("extend", str(src), "--scale", "4", "-o", str(out), "-q")
+    assert _data_hash(out) == _data_hash(src)
+    tokens = token_ids(300)
+    patched = llama_logits(out, tokens)
+    assert np.array_equal(patched, llama_logits(src, tokens, rope_scaling_type=2, rope_freq_scale=0.25, yarn_orig_ctx=8192))
+    assert not np.array_equal(patched, llama_logits(src, tokens))
+
+
+@pytest.mark.slow
+def test_real_smollm2_past_its_true_8k_context(tmp_path: Path, smollm2_dir: Path) -> None:
+    """No shortcuts: SmolLM2's own 8192-token original, YaRN x2, compared at positions 8192..8447."""
+    ext = tmp_path / "ext"
+    run_cli("extend", str(smollm2_dir), "--scale", "2", "-o", str(ext), "-q")
+    out = tmp_path / "smol-16k.gguf"
+    run_cli("export", str(ext), "--gguf", "--outtype", "f32", "-o", str(out), "-q")
+    tokens = token_ids(8448)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=8448, logits_all=True, n_threads=2, n_batch=512, verbose=False)
+    llm.eval(tokens)
+    got = np.array(llm.scores[8192:8448], dtype=np.float64)
+    llm.close()
+    ref = hf_logits(ext, tokens, keep=256)
+    kl, top1 = compare(ref, got)
+    assert kl.max() <= 1e-4 and top1 >= 0.999, (kl.max(), top1)
