@@ -285,3 +285,23 @@ def atomic_dir(target: Path, *, force: bool = False) -> Iterator[Path]:
 def write_json(path: Path, data: Any) -> None:
     """JSON as transformers writes it: indent 2, trailing newline."""
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+class _NullBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> _NullBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def progress_bar(total: int, enabled: bool, desc: str) -> Any:
+    """A byte-counting tqdm bar, or a no-op one for --quiet / --json."""
+    if not enabled:
+        return _NullBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)

@@ -24,6 +24,7 @@ from yarnconv.checkpoint import (
     check_output_location,
     is_weight_file,
     place_file,
+    progress_bar,
     read_json,
     scan_weights,
     walk_files,
@@ -72,7 +73,7 @@ def extend(
     files: list[dict[str, Any]] = []
     rel_paths = [p for p in walk_files(src.path) if p.as_posix() not in (CONFIG, RECORD, SIDECAR)]
     total = sum((src.path / p).stat().st_size for p in rel_paths)
-    with atomic_dir(out, force=force) as tmp, _progress(total, progress) as bar:
+    with atomic_dir(out, force=force) as tmp, progress_bar(total, progress, "extend") as bar:
         write_json(tmp / CONFIG, plan.config)
         files.append({"path": CONFIG, "action": "rewritten"})
         for rel in rel_paths:
@@ -161,22 +162,3 @@ def _record(
         **plan.summary(),
         "files": files,
     }
-
-
-class _NullBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def __enter__(self) -> _NullBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
-        return _NullBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="B", unit_scale=True, desc="extend", leave=False)

@@ -35,7 +35,7 @@ from gguf.metadata import Metadata
 from gguf.utility import naming_convention, size_label
 
 from yarnconv import __version__
-from yarnconv.checkpoint import CONFIG, INDEX_SUFFIX, SIDECAR, read_json
+from yarnconv.checkpoint import CONFIG, INDEX_SUFFIX, SIDECAR, progress_bar, read_json
 from yarnconv.config import RopeBlock, read_config
 from yarnconv.errors import YarnconvError
 from yarnconv.gguf_file import PAD_KEY, RESERVE, read_header
@@ -363,7 +363,6 @@ def export_gguf(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Convert the HF checkpoint at ``source`` to GGUF. ``config`` replaces config.json (extend --gguf)."""
-    from yarnconv.extend import _progress
     from yarnconv.sources import resolve
 
     src = resolve(source)
@@ -411,7 +410,7 @@ def export_gguf(
         assert w.fout is not None
         shard_of = [list(d) for d in w.tensors]
         by_name = {t.name: t for t in plan.tensors}
-        with _progress(sum(t.src.nbytes for t in plan.tensors if t.src), progress) as bar:
+        with progress_bar(sum(t.src.nbytes for t in plan.tensors if t.src), progress, "export") as bar:
             for fout, names_in_shard in zip(w.fout, shard_of, strict=True):
                 for tname in names_in_shard:
                     _write_tensor(fout, by_name[tname], fds, bar, w.data_alignment)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yarnconv.checkpoint import place_file
+from yarnconv.checkpoint import place_file, progress_bar
 from yarnconv.config import RopeBlock
 from yarnconv.errors import YarnconvError
 from yarnconv.gguf_file import MAGIC, PAD_KEY, PAD_MIN, RESERVE, SHARD_RE, GGUFHeader, encode_kv, pad_kv, read_header, shard_paths
@@ -178,7 +178,10 @@ def patch(
         return record
     if output is None:
         raise YarnconvError("no output given", "pass -o NEW.gguf, or --in-place to edit the file itself")
-    dst_paths = _output_paths(Path(output), shards)
+    target = Path(output)
+    if target.is_dir() or str(output).endswith(os.sep):
+        target = target / src.name
+    dst_paths = _output_paths(target, shards)
     for s, d in zip(shards, dst_paths, strict=True):
         if d.resolve() == s.resolve():
             raise YarnconvError(f"{d} is the input file", "use --in-place to edit it, or choose another -o")
@@ -245,12 +248,11 @@ def _copy_range(fin: int, fout: int, offset: int, length: int, bar: Any) -> None
 
 
 def _rewrite(src: Path, header: GGUFHeader, new_header: bytes, dst: Path, progress: bool) -> None:
-    from yarnconv.extend import _progress
 
     tmp = _tmp(dst)
     data_len = header.size - header.data_offset
     try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout, _progress(data_len, progress) as bar:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout, progress_bar(data_len, progress, "patch") as bar:
             fout.write(new_header)
             fout.flush()
             _copy_range(fin.fileno(), fout.fileno(), header.data_offset, data_len, bar)
