@@ -30,8 +30,6 @@ HERE = Path(__file__).resolve().parent
 
 def build_checkpoint(root: Path, tokenizer: Path, layers: int) -> int:
     """Random bf16 Llama weights (hidden 2048, ffn 5632, 32 heads / 8 kv, vocab 49152)."""
-    from safetensors.numpy import save_file
-
     hidden, ffn, heads, kv, vocab = 2048, 5632, 32, 8, 49152
     cfg = {
         "architectures": ["LlamaForCausalLM"],
@@ -77,20 +75,24 @@ def build_checkpoint(root: Path, tokenizer: Path, layers: int) -> int:
     n = len(shards)
     for i, tensors in enumerate(shards):
         name = f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-        # safetensors.numpy has no bf16 dtype: write uint16 and relabel the header in place
-        save_file(tensors, str(root / name))
-        _relabel_bf16(root / name)
+        _save_bf16(root / name, tensors)  # safetensors.numpy has no bf16 dtype
         weight_map.update(dict.fromkeys(tensors, name))
     (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return sum((root / f).stat().st_size for f in set(weight_map.values()))
 
 
-def _relabel_bf16(path: Path) -> None:
-    with open(path, "r+b") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = f.read(n).replace(b'"U16"', b'"BF16"')
-        f.seek(8)
-        f.write(header)
+def _save_bf16(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """A safetensors file whose uint16 arrays are labelled BF16."""
+    header, offset = {}, 0
+    for name, arr in tensors.items():
+        header[name] = {"dtype": "BF16", "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
+        offset += arr.nbytes
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for arr in tensors.values():
+            f.write(arr.tobytes())
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:

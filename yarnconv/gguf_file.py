@@ -43,7 +43,8 @@ _SCALAR = {
     GGUFValueType.INT64: "<q",
     GGUFValueType.FLOAT64: "<d",
 }
-_SMALL_ARRAY = 64  # numeric arrays up to this length are decoded for display
+_SMALL_ARRAY = 64
+_U64 = struct.Struct("<Q")  # numeric arrays up to this length are decoded for display
 
 
 @dataclass
@@ -171,8 +172,14 @@ def _read_value(cur: _Cursor, vtype: GGUFValueType, key: str) -> tuple[Any, GGUF
     count = cur.unpack("<Q", f"{key} element count")
     if sub == GGUFValueType.STRING:
         cur.need(count * 8, f"{key} ({count} strings)")  # each string needs at least its length field
+        pos, buf, size, unpack = cur.pos, cur.buf, cur.size, _U64.unpack_from  # hot loop: vocabularies
         for _ in range(count):
-            cur.string(key, decode=False)
+            if pos + 8 > size:
+                raise _corrupt(cur.path, f"truncated: {key} runs past the end of the file ({size} bytes)")
+            pos += 8 + unpack(buf, pos)[0]
+        if pos > size:
+            raise _corrupt(cur.path, f"truncated: {key} runs past the end of the file ({size} bytes)")
+        cur.pos = pos
         return None, sub, count
     if sub not in _SCALAR:
         raise _corrupt(cur.path, f"{key} is an array of {sub.name}, which GGUF does not allow")
