@@ -457,3 +457,25 @@ def test_real_smollm2_past_its_true_8k_context(tmp_path: Path, smollm2_dir: Path
     ref = hf_logits(ext, tokens, keep=256)
     kl, top1 = compare(ref, got)
     assert kl.max() <= 1e-4 and top1 >= 0.999, (kl.max(), top1)
+
+
+def test_explicit_attention_factor_travels_as_attn_factor_key(tmp_path: Path, tokenizer_src: Path) -> None:
+    """A = 1.0 (no magnitude change) must reach llama.cpp as attn_factor = 1 / (0.1 ln 4 + 1)."""
+    src = tiny_with_tokenizer(tmp_path / "src", "qwen3", tokenizer_src)
+    ext = tmp_path / "ext"
+    run_cli("extend", str(src), "--scale", "4", "--attention-factor", "1.0", "-o", str(ext), "-q")
+    out = tmp_path / "a.gguf"
+    record = json.loads(run_cli("export", str(ext), "--gguf", "--outtype", "f32", "-o", str(out), "-q", "--json").stdout)
+    assert record["rope_route"] == "keys"
+    assert read_header(out).get("qwen3.rope.scaling.attn_factor") == pytest.approx(1 / (0.1 * np.log(4) + 1), rel=1e-6)
+    tokens = token_ids()
+    ref = hf_logits(ext, tokens)
+    kl, top1 = compare(ref, llama_logits(out, tokens))
+    assert kl.max() <= 1e-4 and top1 >= 0.999, (kl.max(), top1)
+    # negative control: patched back to YaRN's default magnitude (the key disappears), it drifts
+    from yarnconv.gguf_patch import patch
+
+    patch(out, tmp_path / "default.gguf", ExtendRequest(scale=4, attention_factor=0.1 * np.log(4) + 1), progress=False)
+    assert read_header(tmp_path / "default.gguf").get("qwen3.rope.scaling.attn_factor") is None
+    kl_default, _ = compare(ref, llama_logits(tmp_path / "default.gguf", tokens))
+    assert kl_default.mean() > 10 * kl.mean()
