@@ -479,3 +479,11 @@ def test_explicit_attention_factor_travels_as_attn_factor_key(tmp_path: Path, to
     assert read_header(tmp_path / "default.gguf").get("qwen3.rope.scaling.attn_factor") is None
     kl_default, _ = compare(ref, llama_logits(tmp_path / "default.gguf", tokens))
     assert kl_default.mean() > 10 * kl.mean()
+
+
+def test_demo_end_to_end(tmp_path: Path, smollm2_dir: Path) -> None:
+    result = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "demo"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["ok"] and data["llama_cpp_check"]["kl_max"] <= 1e-4
+    assert read_header(tmp_path / "demo.gguf").get("llama.context_length") == 32768

@@ -452,7 +452,7 @@ def export(
 @click.option("--scale", default=4.0, show_default=True, help="YaRN factor for the demo.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def demo(output: str, scale: float, as_json: bool) -> None:
-    """Extend the built-in SmolLM2-135M (8k) with YaRN and prove transformers reads it as intended."""
+    """Extend the built-in SmolLM2-135M (8k) with YaRN, export it to GGUF, and prove transformers and llama.cpp agree."""
     from yarnconv.crosscheck import compare_with_transformers
     from yarnconv.extend import extend as run_extend
     from yarnconv.inspect import inspect_model
@@ -466,7 +466,18 @@ def demo(output: str, scale: float, as_json: bool) -> None:
     report = inspect_model(output)
     check = compare_with_transformers(output)
     ok = check["lengths_match"] and check["max_rel_diff_float32"] == 0 and check["attention_factor_diff"] <= 1e-7
-    result = {"extend": record, "inspect": report, "transformers_check": check, "ok": ok}
+    from yarnconv.gguf_export import export_gguf
+
+    gguf_path = f"{output.rstrip(os.sep)}.gguf"
+    gguf = export_gguf(output, gguf_path, outtype="f32", force=True, progress=not as_json)
+    try:
+        from yarnconv.crosscheck import gguf_logits_vs_transformers
+
+        llama = gguf_logits_vs_transformers(output, gguf_path)
+        ok = ok and llama["kl_max"] <= 1e-4 and llama["top1_agreement"] >= 0.999
+    except ImportError:
+        llama = {"skipped": "llama-cpp-python is not installed"}
+    result = {"extend": record, "inspect": report, "transformers_check": check, "gguf": gguf, "llama_cpp_check": llama, "ok": ok}
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))
     else:
@@ -477,7 +488,15 @@ def demo(output: str, scale: float, as_json: bool) -> None:
             f"{check['max_rel_diff_float32']:.3g} (float32) / {check['max_rel_diff_float64']:.3g} (float64), "
             f"attention scaling {check['attention_scaling']:.7g} vs yarnconv {check['attention_factor_yarnconv']:.7g}"
         )
-        click.echo("OK: transformers reads the extended checkpoint exactly as planned" if ok else "MISMATCH: see the numbers above")
+        click.echo(f"wrote {gguf['output']} ({gguf['tensors']} tensors, context {gguf['context_length']})")
+        if "kl_max" in llama:
+            click.echo(
+                f"llama.cpp vs transformers on {llama['tokens']} tokens: KL max {llama['kl_max']:.3g}, "
+                f"top-1 agreement {llama['top1_agreement']:.1%}"
+            )
+        else:
+            click.echo(f"llama.cpp check skipped: {llama['skipped']}")
+        click.echo("OK: transformers and llama.cpp read the extended model exactly as planned" if ok else "MISMATCH: see the numbers above")
     if not ok:
         sys.exit(1)
 

@@ -77,3 +77,37 @@ def _find_rotary(model: Any) -> Any:
         if hasattr(module, "inv_freq") and hasattr(module, "attention_scaling"):
             return module
     raise RuntimeError("no rotary embedding module found in the model")
+
+
+def gguf_logits_vs_transformers(
+    hf_dir: str | os.PathLike[str], gguf_path: str | os.PathLike[str], *, n_tokens: int = 128
+) -> dict[str, Any]:
+    """Run the same token ids through transformers (``hf_dir``) and llama.cpp (``gguf_path``).
+
+    Needs ``llama-cpp-python``. Returns per-position KL(transformers || llama.cpp) and top-1
+    agreement, counting a position as agreeing when llama.cpp's pick is within 1e-3 logits of
+    transformers' best (random-ish ids produce near ties that float32 noise may flip).
+    """
+    import numpy as np
+    import torch
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM
+
+    bos = read_config(read_json(Path(hf_dir) / CONFIG, CONFIG)).text.get("bos_token_id") or 1
+    tokens = [int(bos), *np.random.default_rng(0).integers(100, 20000, n_tokens - 1).tolist()]
+    llm = Llama(model_path=str(gguf_path), n_ctx=max(n_tokens, 64), logits_all=True, n_threads=os.cpu_count() or 2, verbose=False)
+    llm.eval(tokens)
+    got = np.array(llm.scores[:n_tokens], dtype=np.float64)
+    llm.close()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    with torch.inference_mode():
+        ref = model(torch.tensor([tokens])).logits[0].double().numpy()
+
+    def log_softmax(x: Any) -> Any:
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lp, lq = log_softmax(ref), log_softmax(got)
+    kl = (np.exp(lp) * (lp - lq)).sum(-1)
+    agree = ref[np.arange(n_tokens), got.argmax(-1)] >= ref.max(-1) - 1e-3
+    return {"tokens": n_tokens, "kl_max": float(kl.max()), "kl_mean": float(kl.mean()), "top1_agreement": float(agree.mean())}
