@@ -487,3 +487,13 @@ def test_demo_end_to_end(tmp_path: Path, smollm2_dir: Path) -> None:
     data = json.loads(result.stdout)
     assert data["ok"] and data["llama_cpp_check"]["kl_max"] <= 1e-4
     assert read_header(tmp_path / "demo.gguf").get("llama.context_length") == 32768
+
+
+def test_ggml_type_table_agrees_with_gguf_py() -> None:
+    from gguf import GGML_QUANT_SIZES, GGUFValueType
+
+    from yarnconv.gguf_file import GGML_TYPES
+    from yarnconv.gguf_file import GGUFValueType as Ours
+
+    assert {int(k): (k.name, *v) for k, v in GGML_QUANT_SIZES.items() if int(k) in GGML_TYPES} == GGML_TYPES
+    assert {v.name: int(v) for v in Ours} == {v.name: int(v) for v in GGUFValueType}

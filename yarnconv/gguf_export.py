@@ -24,6 +24,7 @@ from gguf import (
     GGML_QUANT_SIZES,
     MODEL_ARCH,
     GGMLQuantizationType,
+    GGUFValueType,
     GGUFWriter,
     LlamaFileType,
     QuantError,
@@ -382,7 +383,7 @@ def export_gguf(
             getattr(w, f"add_{key}")(value)
     _hparams(w, plan.arch, view.text, plan, view)
     for k, (vtype, value) in plan.keys.sets.items():
-        w.add_key_value(k, value, vtype)
+        w.add_key_value(k, value, GGUFValueType(int(vtype)))
     n_vocab = int(view.text.get("vocab_size") or 0)
     record["vocab"] = add_vocab(w, root, n_vocab, pre_tokenizer=pre_tokenizer)
     w.add_string("yarnconv.version", __version__)

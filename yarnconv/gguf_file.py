@@ -16,12 +16,59 @@ import os
 import re
 import struct
 from dataclasses import dataclass, field
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
-
 from yarnconv.errors import YarnconvError
+
+
+class GGUFValueType(IntEnum):
+    """Value type codes of GGUF key/value pairs (the same numbers as gguf-py's enum)."""
+
+    UINT8 = 0
+    INT8 = 1
+    UINT16 = 2
+    INT16 = 3
+    UINT32 = 4
+    INT32 = 5
+    FLOAT32 = 6
+    BOOL = 7
+    STRING = 8
+    ARRAY = 9
+    UINT64 = 10
+    INT64 = 11
+    FLOAT64 = 12
+
+
+# ggml tensor types: id -> (name, elements per block, bytes per block), as in gguf-py's
+# GGML_QUANT_SIZES (tests check they agree). Kept here so reading a header needs neither
+# numpy nor gguf-py: patch and inspect start in a fraction of the time.
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20), 6: ("Q5_0", 32, 22),
+    7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40), 10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110),
+    12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176), 14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292),
+    16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74), 18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50),
+    20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110), 22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136),
+    24: ("I8", 1, 1), 25: ("I16", 1, 2), 26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8),
+    29: ("IQ1_M", 256, 56), 30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+    39: ("MXFP4", 32, 17), 40: ("NVFP4", 64, 36), 41: ("Q1_0", 128, 18),
+}  # fmt: skip
+
+
+def ggml_type(type_id: int) -> tuple[str, int, int] | None:
+    """(name, block, block bytes) for a ggml type id; asks gguf-py for ids newer than this table."""
+    if type_id in GGML_TYPES:
+        return GGML_TYPES[type_id]
+    try:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        qt = GGMLQuantizationType(type_id)
+        block, size = GGML_QUANT_SIZES[qt]
+        return qt.name, block, size
+    except (ImportError, ValueError, KeyError):
+        return None
+
 
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -72,10 +119,8 @@ class TensorEntry:
 
     @property
     def type_name(self) -> str:
-        try:
-            return GGMLQuantizationType(self.ggml_type).name
-        except ValueError:
-            return f"type{self.ggml_type}"
+        t = ggml_type(self.ggml_type)
+        return t[0] if t else f"type{self.ggml_type}"
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -192,8 +237,10 @@ def _read_value(cur: _Cursor, vtype: GGUFValueType, key: str) -> tuple[Any, GGUF
     return value, sub, count
 
 
-def tensor_nbytes(dims: tuple[int, ...], ggml_type: int) -> int:
-    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+def tensor_nbytes(dims: tuple[int, ...], type_id: int) -> int:
+    t = ggml_type(type_id)
+    assert t is not None
+    _, block, type_size = t
     numel = 1
     for d in dims:
         numel *= d
@@ -257,14 +304,15 @@ def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFHeader:
         if not 1 <= n_dims <= MAX_DIMS:
             raise _corrupt(path, f"tensor {name!r} has {n_dims} dimensions")
         dims = tuple(cur.unpack("<Q", f"{name} dim") for _ in range(n_dims))
-        ggml_type = cur.unpack("<I", f"{name} type")
-        if ggml_type not in GGML_QUANT_SIZES:
-            raise _corrupt(path, f"tensor {name!r} has unknown ggml type {ggml_type}")
+        type_id = cur.unpack("<I", f"{name} type")
+        info = ggml_type(type_id)
+        if info is None:
+            raise _corrupt(path, f"tensor {name!r} has unknown ggml type {type_id}")
         offset = cur.unpack("<Q", f"{name} offset")
-        block = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)][0]
+        type_name, block, _ = info
         if any(d == 0 or d > size * block for d in dims) or dims[0] % block:
-            raise _corrupt(path, f"tensor {name!r} has impossible shape {list(dims)} for {GGMLQuantizationType(ggml_type).name}")
-        tensors.append(TensorEntry(name, dims, ggml_type, offset, tensor_nbytes(dims, ggml_type)))
+            raise _corrupt(path, f"tensor {name!r} has impossible shape {list(dims)} for {type_name}")
+        tensors.append(TensorEntry(name, dims, type_id, offset, tensor_nbytes(dims, type_id)))
     tensor_info_end = cur.pos
     data_offset = -(-tensor_info_end // alignment) * alignment
     for t in tensors:

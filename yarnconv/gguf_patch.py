@@ -136,9 +136,14 @@ def fit_in_place(header: GGUFHeader, kv_bytes: bytes, infos: bytes, n_kv: int) -
 
 
 def fresh_header(header: GGUFHeader, kv_bytes: bytes, infos: bytes, n_kv: int) -> bytes:
-    """A new header with ``RESERVE`` spare bytes, padded to the alignment."""
+    """A new header with at least ``RESERVE`` spare bytes.
+
+    Its length keeps the data section at the same offset modulo the page size, so the kernel
+    copies whole pages (an unaligned copy was several times slower than cp).
+    """
     start = len(_preamble(header, n_kv + 1)) + len(kv_bytes) + len(infos)
-    end = -(-(start + RESERVE) // header.alignment) * header.alignment
+    page = max(4096, header.alignment)
+    end = header.data_offset - ((header.data_offset - start - RESERVE) // page) * page
     return _preamble(header, n_kv + 1) + kv_bytes + pad_kv(end - start) + infos
 
 

@@ -12,11 +12,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-from gguf import GGUFValueType
-
 from yarnconv import rope
 from yarnconv.config import RopeBlock
+from yarnconv.gguf_file import GGUFValueType
 
 # llama.cpp architectures with no rotary embedding to rescale.
 NO_ROPE_ARCHS = {
@@ -147,7 +145,7 @@ class KeyPlan:
     sets: dict[str, tuple[GGUFValueType, Any]] = field(default_factory=dict)
     removes: set[str] = field(default_factory=set)
     warnings: list[str] = field(default_factory=list)
-    rope_freqs: np.ndarray | None = None
+    rope_freqs: Any = None  # float32 numpy array for the freqs route
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -189,6 +187,8 @@ def plan_keys(arch: str, block: RopeBlock, length: int, dim: int, *, route: str 
         raise ValueError("dynamic NTK has no GGUF encoding")
     if route == "freqs":
         # Exact: per-pair divisors carry ramp, betas and truncate; "none" stops llama.cpp's own YaRN.
+        import numpy as np
+
         result = rope.compute(block.spec(dim))
         base = rope.base_inv_freq(block.theta, dim)
         p.rope_freqs = np.array([b / f for b, f in zip(base, result.inv_freq, strict=True)], dtype=np.float32)
