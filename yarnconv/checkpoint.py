@@ -46,6 +46,8 @@ class TensorInfo:
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
+    path: Path | None = None  # the file holding it
+    offset: int = 0  # absolute byte offset of its data in that file
 
     @property
     def numel(self) -> int:
@@ -124,7 +126,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
             raise YarnconvError(f"{path.name}: garbled safetensors entry for {name!r}", "re-download the shard") from None
         if not 0 <= start <= end:
             raise YarnconvError(f"{path.name}: tensor {name!r} has invalid offsets {start}..{end}", "re-download the shard")
-        info = TensorInfo(dtype, shape, end - start)
+        info = TensorInfo(dtype, shape, end - start, path, 8 + n + start)
         width = DTYPE_BYTES.get(dtype)
         if width is not None and info.numel * width != end - start:
             raise YarnconvError(

@@ -11,10 +11,8 @@ so nothing stays mapped (or counted in RSS) after a chunk is written.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +34,7 @@ from gguf.metadata import Metadata
 from gguf.utility import naming_convention, size_label
 
 from yarnconv import __version__
-from yarnconv.checkpoint import CONFIG, INDEX_SUFFIX, SIDECAR, progress_bar, read_json
+from yarnconv.checkpoint import CONFIG, TensorInfo, progress_bar, read_json, scan_weights
 from yarnconv.config import RopeBlock, read_config
 from yarnconv.errors import YarnconvError
 from yarnconv.gguf_file import PAD_KEY, RESERVE, read_header
@@ -64,25 +62,13 @@ _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np
 
 
 @dataclass
-class SourceTensor:
-    """Where one safetensors tensor's bytes are (absolute offset in its file)."""
-
-    name: str
-    path: Path
-    dtype: str
-    shape: tuple[int, ...]
-    offset: int
-    nbytes: int
-
-
-@dataclass
 class OutTensor:
     """One GGUF tensor to write: its source, name, type and how to transform it."""
 
     name: str
     qtype: GGMLQuantizationType
     shape: tuple[int, ...]
-    src: SourceTensor | None = None
+    src: TensorInfo | None = None
     heads: int | None = None  # re-pair rows within groups of this many heads (Llama Q/K)
     data: np.ndarray | None = None  # generated tensors (rope_freqs)
     note: str | None = None
@@ -129,26 +115,12 @@ class ExportPlan:
         }
 
 
-def source_tensors(root: Path) -> list[SourceTensor]:
-    """Every tensor in the checkpoint's safetensors files, with absolute data offsets (headers only)."""
-    files = sorted(p for p in root.glob("*.safetensors") if p.name != SIDECAR)
-    index = sorted(root.glob(f"*{INDEX_SUFFIX}"))
-    if index:
-        weight_map = read_json(index[0], "safetensors index").get("weight_map", {})
-        files = sorted({root / f for f in weight_map.values()})
-    if not files:
+def source_tensors(root: Path) -> list[tuple[str, TensorInfo]]:
+    """Every safetensors tensor of the checkpoint, by name (headers validated, no data read)."""
+    weights = scan_weights(root)
+    if not weights.files:
         raise YarnconvError(f"no safetensors weights in {root}", "export needs model.safetensors (or an index and shards)")
-    out: list[SourceTensor] = []
-    for path in files:
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-        for name, e in header.items():
-            if name == "__metadata__":
-                continue
-            start, end = e["data_offsets"]
-            out.append(SourceTensor(name, path, e["dtype"], tuple(e["shape"]), 8 + n + start, end - start))
-    return sorted(out, key=lambda t: t.name)
+    return sorted(weights.tensors.items())
 
 
 def _outtype_for(name: str, shape: tuple[int, ...], outtype: GGMLQuantizationType) -> tuple[GGMLQuantizationType, str | None]:
@@ -177,7 +149,7 @@ def plan_export(root: Path, config: dict[str, Any], outtype: str = "auto", *, ro
     if not n_layers or not n_head:
         raise YarnconvError("config.json lacks num_hidden_layers or num_attention_heads", "is this a decoder-only transformer config?")
     tensors = source_tensors(root)
-    first2d = next((t for t in tensors if len(t.shape) >= 2), None)
+    first2d = next((t for _, t in tensors if len(t.shape) >= 2), None)
     if outtype == "auto":
         qtype = Q.BF16 if first2d is not None and first2d.dtype == "BF16" else Q.F16
     elif outtype in OUTTYPES:
@@ -205,15 +177,15 @@ def plan_export(root: Path, config: dict[str, Any], outtype: str = "auto", *, ro
     if keys.rope_freqs is not None:
         out.append(OutTensor("rope_freqs.weight", Q.F32, keys.rope_freqs.shape, data=keys.rope_freqs))
     n_params = 0
-    for t in tensors:
-        if t.name.endswith(SKIP_SUFFIXES):
+    for src_name, t in tensors:
+        if src_name.endswith(SKIP_SUFFIXES):
             continue
         if t.dtype not in _ST_DTYPES:
-            raise YarnconvError(f"tensor {t.name} has dtype {t.dtype}", "export needs F32, F16, BF16 or F64 weights (dequantise first)")
-        new = name_map.get_name(t.name, try_suffixes=(".weight", ".bias"))
+            raise YarnconvError(f"tensor {src_name} has dtype {t.dtype}", "export needs F32, F16, BF16 or F64 weights (dequantise first)")
+        new = name_map.get_name(src_name, try_suffixes=(".weight", ".bias"))
         if new is None:
             raise YarnconvError(
-                f"cannot map tensor {t.name} to a GGUF name for {arch}",
+                f"cannot map tensor {src_name} to a GGUF name for {arch}",
                 "this checkpoint has parts yarnconv does not export; convert with llama.cpp, then patch with yarnconv",
             )
         heads = None
@@ -247,7 +219,7 @@ def _route(arch: str, block: RopeBlock, route: str, warnings: list[str]) -> str:
 # ---------------------------------------------------------------------------------------- data
 
 
-def _read_rows(t: SourceTensor, fd: int, row0: int, row1: int) -> np.ndarray:
+def _read_rows(t: TensorInfo, fd: int, row0: int, row1: int) -> np.ndarray:
     """Rows [row0, row1) of a tensor as f16 or f32 (the converter's working dtypes)."""
     cols = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
     np_dtype = _ST_DTYPES[t.dtype]
@@ -297,7 +269,10 @@ def _write_tensor(fout: Any, t: OutTensor, fds: dict[Path, int], bar: Any, align
         written = data.nbytes
     else:
         assert t.src is not None
-        fd = fds.setdefault(t.src.path, os.open(t.src.path, os.O_RDONLY))
+        assert t.src.path is not None
+        if t.src.path not in fds:
+            fds[t.src.path] = os.open(t.src.path, os.O_RDONLY)
+        fd = fds[t.src.path]
         for r0, r1 in _chunks(t):
             rows = _read_rows(t.src, fd, r0, r1)
             if t.heads:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from yarnconv.checkpoint import place_file, progress_bar
-from yarnconv.config import RopeBlock
 from yarnconv.errors import YarnconvError
 from yarnconv.gguf_file import MAGIC, PAD_KEY, PAD_MIN, RESERVE, SHARD_RE, GGUFHeader, encode_kv, pad_kv, read_header, shard_paths
 from yarnconv.gguf_rope import NO_ROPE_ARCHS, SPECIAL_YARN_ARCHS, KeyPlan, llama_cpp_flags, plan_keys, pseudo_config, read_rope
@@ -253,7 +252,6 @@ def _copy_range(fin: int, fout: int, offset: int, length: int, bar: Any) -> None
 
 
 def _rewrite(src: Path, header: GGUFHeader, new_header: bytes, dst: Path, progress: bool) -> None:
-
     tmp = _tmp(dst)
     data_len = header.size - header.data_offset
     try:
@@ -296,9 +294,3 @@ def _write_in_place(path: Path, header: GGUFHeader, new: bytes) -> None:
             os.fsync(f.fileno())
             raise
     backup.unlink()
-
-
-def rope_block_of(path: str | os.PathLike[str]) -> RopeBlock:
-    """The canonical rope block llama.cpp will use for this GGUF (for verify and tests)."""
-    h = read_header(path)
-    return read_rope(h.get, h.arch or "", {t.name for t in h.tensors}).block()

@@ -8,7 +8,6 @@ range; ``rope_freqs.weight`` divides each pair's angle and is honoured by llama-
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,11 +50,6 @@ def key(arch: str, name: str) -> str:
     return f"{arch}.{name}"
 
 
-def llama_cpp_g(scale: float) -> float:
-    """llama.cpp's built-in YaRN magnitude for factor ``scale`` (ggml's 0.1 ln s + 1)."""
-    return 0.1 * math.log(scale) + 1.0 if scale > 1 else 1.0
-
-
 @dataclass
 class GGUFRope:
     """A file's rope settings as llama.cpp reads them (defaults filled in the way the loader does)."""
@@ -76,7 +70,7 @@ class GGUFRope:
     def block(self) -> RopeBlock:
         """The canonical block that reproduces what llama.cpp computes from these keys."""
         if self.scaling_type == "yarn" and self.factor:
-            a = self.attn_factor * llama_cpp_g(self.factor)
+            a = self.attn_factor * rope.mscale(self.factor)
             fixed_betas = self.arch not in BETA_KEY_ARCHS
             return RopeBlock(
                 rope_type="yarn",
@@ -207,7 +201,7 @@ def plan_keys(arch: str, block: RopeBlock, length: int, dim: int, *, route: str 
         p.sets[key(arch, "rope.scaling.type")] = (STR, "yarn")
         p.sets[key(arch, "rope.scaling.factor")] = (F32, s)
         p.sets[key(arch, "rope.scaling.original_context_length")] = (U32, int(block.original_context or length))
-        attn = _magnitude(block, dim) / llama_cpp_g(s)
+        attn = _magnitude(block, dim) / rope.mscale(s)
         if abs(attn - 1.0) > 1e-7:
             p.sets[key(arch, "rope.scaling.attn_factor")] = (F32, attn)
         if arch in BETA_KEY_ARCHS:
@@ -260,7 +254,7 @@ def effective(r: GGUFRope) -> dict[str, Any]:
         out.update(
             freq_scale=1.0 / r.factor,
             n_ctx_orig_yarn=r.original_context or r.context_length,
-            attention_magnitude=r.attn_factor * llama_cpp_g(r.factor),
+            attention_magnitude=r.attn_factor * rope.mscale(r.factor),
             beta_fast=r.beta_fast if r.arch in BETA_KEY_ARCHS and r.beta_fast else rope.DEFAULT_BETA_FAST,
             beta_slow=r.beta_slow if r.arch in BETA_KEY_ARCHS and r.beta_slow else rope.DEFAULT_BETA_SLOW,
         )
