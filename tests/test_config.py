@@ -72,7 +72,7 @@ def test_v5_only_config_warns_that_v4_loses_yarn() -> None:
     raw.pop("rope_theta")
     raw["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 32768}
     assert "v5-only-layout" in codes(raw)
-    rows = {r["runtime"]: r for r in runtimes.compare(raw, read_config(raw).rope.spec(16, 131072))}
+    rows = {r["runtime"]: r for r in runtimes.compare_config(raw)}
     assert rows["transformers 4.56-4.57"]["verdict"] == "differs" and rows["transformers 4.56-4.57"]["method"] == "default"
     assert rows["transformers 5.x"]["verdict"] == "same"
 
@@ -101,7 +101,7 @@ def test_plan_llama_scale_16_writes_the_portable_invariants() -> None:
     assert new["rope_theta"] == 10000.0
     changed = {k for k in set(raw) | set(new) if raw.get(k) != new.get(k)}
     assert changed == {"rope_scaling", "max_position_embeddings"}
-    every_runtime = {r["runtime"]: r["verdict"] for r in runtimes.compare(new, plan.after.spec(16))}
+    every_runtime = {r["runtime"]: r["verdict"] for r in runtimes.compare_config(new)}
     assert every_runtime.pop("transformers 4.44-4.50") == "differs"  # D1: no layout is exact there
     assert every_runtime.pop("exllamav2") == "fails"  # both keys: needs --schema exllamav2
     assert set(every_runtime.values()) == {"same"}
@@ -111,7 +111,7 @@ def test_schemas() -> None:
     raw = tiny_config("llama")
     ex = plan_extend(raw, ExtendRequest(scale=2, schema="exllamav2")).config
     assert "rope_type" not in ex["rope_scaling"] and ex["rope_scaling"]["type"] == "yarn"
-    rows = {r["runtime"]: r for r in runtimes.compare(ex, read_config(ex).rope.spec(16))}
+    rows = {r["runtime"]: r for r in runtimes.compare_config(ex)}
     assert rows["transformers 5.x"]["verdict"] == "same"
     # exllamav2 now applies YaRN, but builds its ramp from max_seq_len (exllamav2/rope.py): never exact.
     assert rows["exllamav2"]["method"] == "yarn" and rows["exllamav2"]["verdict"] == "differs"

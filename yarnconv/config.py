@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
-from yarnconv import rope
+from yarnconv import families, rope
 from yarnconv.errors import YarnconvError
 
 # Keys the canonical block understands; anything else inside a rope block is carried through.
@@ -88,8 +88,9 @@ class RopeBlock:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def spec(self, head_dim: int, max_position: int | None = None) -> rope.RopeSpec:
-        """The math-level view of this block for a head of ``head_dim`` channels."""
+        """The math-level view of this block for a head of ``head_dim`` rotary-capable channels."""
         method = self.rope_type if self.rope_type in rope.METHODS else "default"
+        x = self.extra
         return rope.RopeSpec(
             method=method,
             base=self.theta,
@@ -103,11 +104,25 @@ class RopeBlock:
             mscale=self.mscale,
             mscale_all_dim=self.mscale_all_dim,
             max_position=max_position,
+            low_freq_factor=_opt_float(x.get("low_freq_factor")),
+            high_freq_factor=_opt_float(x.get("high_freq_factor")),
+            short_factor=_float_tuple(x.get("short_factor")),
+            long_factor=_float_tuple(x.get("long_factor")),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form with absent values dropped."""
         return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
+
+
+def _opt_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _float_tuple(value: Any) -> tuple[float, ...] | None:
+    if isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return tuple(float(v) for v in value)
+    return None
 
 
 @dataclass(frozen=True)
@@ -121,7 +136,13 @@ class Finding:
 
 @dataclass
 class ConfigView:
-    """A parsed config.json: where the text model's settings live and what its rope block says."""
+    """A parsed config.json: where the text model's settings live and what its rope block says.
+
+    ``resolved`` is the text section with the keys it omits filled in the way the family's
+    transformers config class fills them (``defaulted`` names them). ``rope`` is the block that
+    context scaling applies to (the full-attention layers'); ``layer_ropes`` holds every layer
+    type's block for families whose sliding layers keep their own base (Gemma 3).
+    """
 
     raw: dict[str, Any]
     section: tuple[str, ...]
@@ -134,11 +155,15 @@ class ConfigView:
     num_heads: int | None
     num_kv_heads: int | None
     head_dim: int | None
+    rope_head_dim: int | None  # channels per head the rotary embedding sees (MLA: qk_rope_head_dim)
     num_layers: int | None
     max_position: int | None
     vocab_size: int | None
     dtype: str | None
     findings: list[Finding]
+    resolved: dict[str, Any] = field(default_factory=dict)
+    defaulted: list[str] = field(default_factory=list)
+    layer_ropes: dict[str, RopeBlock] = field(default_factory=dict)
 
     @property
     def text(self) -> dict[str, Any]:
@@ -150,15 +175,26 @@ class ConfigView:
 
     @property
     def rotary_dim(self) -> int | None:
-        if self.head_dim is None:
+        if self.rope_head_dim is None:
             return None
-        return rope.rotary_dim(self.head_dim, self.rope.partial_rotary_factor)
+        return rope.rotary_dim(self.rope_head_dim, self.rope.partial_rotary_factor)
+
+    @property
+    def is_mla(self) -> bool:
+        return self.model_type in families.MLA_MODEL_TYPES
+
+
+# Text model types of wrappers whose text_config may omit its own model_type.
+WRAPPER_TEXT_TYPES = {"gemma3": "gemma3_text", "qwen2_5_vl": "qwen2_5_vl_text", "qwen2_vl": "qwen2_vl_text", "mistral3": "mistral", "llava": "llama"}
+# Upper bounds that keep every runtime's integer types and float math meaningful.
+MAX_CONTEXT = 2**31 - 1
+MAX_THETA = 1e12
 
 
 def _text_section(raw: dict[str, Any]) -> tuple[str, ...]:
     """Multimodal wrappers keep the language model's settings under ``text_config``."""
     text = raw.get("text_config")
-    if isinstance(text, dict) and ("max_position_embeddings" in text or "rope_scaling" in text or "rope_parameters" in text):
+    if isinstance(text, dict) and text:
         return ("text_config",)
     return ()
 
@@ -175,9 +211,15 @@ def _is_nested(block: Any) -> bool:
 def _number(value: Any, what: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise YarnconvError(f"config.json: {what} is {value!r}, not a number", "fix the value in config.json")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise YarnconvError(f"config.json: {what} is {value!r}, not a finite number", "fix the value in config.json")
     return float(value)
+
+
+def _theta(value: float | None, what: str) -> float | None:
+    if value is not None and not 1.0 < value <= MAX_THETA:
+        raise YarnconvError(f"config.json: {what} is {value:g}; a RoPE base must be above 1 (and at most {MAX_THETA:g})", "fix the value in config.json")
+    return value
 
 
 def _selector(block: dict[str, Any], findings: list[Finding]) -> str:
@@ -187,12 +229,19 @@ def _selector(block: dict[str, Any], findings: list[Finding]) -> str:
         findings.append(
             Finding("error", "type-conflict", f"rope block says type={legacy!r} but rope_type={kind!r}; vLLM raises, others pick one")
         )
-    return str(kind or legacy or "default")
+    if not isinstance(kind or legacy or "default", str):
+        raise YarnconvError(f"config.json: rope type is {kind or legacy!r}, not a string", "fix the rope block in config.json")
+    name = str(kind or legacy or "default")
+    # "mrope" (Qwen2-VL) names a sectioning of plain RoPE, not a scaling; "su" is LongRoPE's old name.
+    return {"mrope": "default", "su": "longrope"}.get(name, name)
 
 
-def _block_from_dict(block: dict[str, Any], top: dict[str, Any], findings: list[Finding]) -> RopeBlock:
+def _block_from_dict(
+    block: dict[str, Any], top: dict[str, Any], findings: list[Finding], *, theta_default: float | None = None, rho_default: float | None = None
+) -> RopeBlock:
     kind = _selector(block, findings)
-    theta_in, theta_top = _number(block.get("rope_theta"), "rope_theta"), _number(top.get("rope_theta"), "rope_theta")
+    theta_in = _theta(_number(block.get("rope_theta"), "rope_theta"), "rope_theta")
+    theta_top = _theta(_number(top.get("rope_theta"), "rope_theta"), "rope_theta")
     if theta_in is not None and theta_top is not None and theta_in != theta_top:
         findings.append(
             Finding(
@@ -202,7 +251,9 @@ def _block_from_dict(block: dict[str, Any], top: dict[str, Any], findings: list[
             )
         )
     theta = theta_in if theta_in is not None else theta_top
-    if theta is None:
+    if theta is None and theta_default is not None:
+        theta = theta_default
+    elif theta is None:
         findings.append(
             Finding(
                 "warning", "theta-missing", "no rope_theta: transformers 4.x assumes 10000, 5.x a per-class default; write it explicitly"
@@ -219,8 +270,15 @@ def _block_from_dict(block: dict[str, Any], top: dict[str, Any], findings: list[
                 f"partial_rotary_factor is {rho_in:g} in the rope block but {rho_top:g} at top level; v5 reads the block, v4 the top level",
             )
         )
+    rho = rho_in if rho_in is not None else rho_top if rho_top is not None else rho_default
+    if rho is not None and not 0.0 < rho <= 1.0:
+        raise YarnconvError(f"config.json: partial_rotary_factor is {rho:g}, not in (0, 1]", "fix the value in config.json")
     original = block.get("original_max_position_embeddings")
-    if original is not None and (isinstance(original, bool) or not isinstance(original, (int, float)) or original <= 0):
+    if original is None and kind == "longrope":
+        original = top.get("original_max_position_embeddings")  # Phi-3 keeps it at top level
+    if original is not None and (
+        isinstance(original, bool) or not isinstance(original, (int, float)) or not 0 < original <= MAX_CONTEXT or original != int(original)
+    ):
         raise YarnconvError(
             f"config.json: original_max_position_embeddings is {original!r}, not a positive integer", "fix the value in config.json"
         )
@@ -228,7 +286,7 @@ def _block_from_dict(block: dict[str, Any], top: dict[str, Any], findings: list[
     return RopeBlock(
         rope_type=kind,
         theta=theta,
-        partial_rotary_factor=rho_in if rho_in is not None else rho_top,
+        partial_rotary_factor=rho,
         factor=_number(block.get("factor"), "factor"),
         original_context=int(original) if original is not None else None,
         beta_fast=_number(block.get("beta_fast"), "beta_fast"),
@@ -250,6 +308,30 @@ def _int_field(text: dict[str, Any], key: str) -> int | None:
     return value
 
 
+def _resolve(text: dict[str, Any], model_type: str | None) -> tuple[dict[str, Any], list[str]]:
+    """The text section with renamed keys mapped and omitted shape keys set to the class defaults.
+
+    rope_theta and partial_rotary_factor are left out: they may live inside a v5 rope block.
+    """
+    resolved = dict(text)
+    for old, new in families.KEY_ALIASES.get(model_type or "", {}).items():
+        if old in text and new not in text:
+            resolved[new] = text[old]
+    defaulted = []
+    for key, value in families.defaults(model_type).items():
+        if key in ("rope_theta", "rope_theta_v5", "partial_rotary_factor", "rope_local_base_freq") or resolved.get(key) is not None:
+            continue
+        resolved[key] = value
+        defaulted.append(key)
+    return resolved, defaulted
+
+
+def _rope_head_dim(resolved: dict[str, Any], model_type: str | None, head_dim: int | None) -> int | None:
+    if model_type in families.MLA_MODEL_TYPES:
+        return _int_field(resolved, "qk_rope_head_dim")
+    return head_dim
+
+
 def read_config(raw: Any) -> ConfigView:
     """Parse a config.json dict into a :class:`ConfigView`, collecting lint findings on the way."""
     if not isinstance(raw, dict):
@@ -257,28 +339,50 @@ def read_config(raw: Any) -> ConfigView:
     section = _text_section(raw)
     text = raw[section[0]] if section else raw
     findings: list[Finding] = []
+    model_type = text.get("model_type") or WRAPPER_TEXT_TYPES.get(raw.get("model_type") or "") or raw.get("model_type")
+    if model_type is not None and not isinstance(model_type, str):
+        raise YarnconvError(f"config.json: model_type is {model_type!r}, not a string", "fix the value in config.json")
+    resolved, defaulted = _resolve(text, model_type)
+    if defaulted:
+        findings.append(
+            Finding("info", "class-defaults", f"{', '.join(defaulted)} not in config.json: read as {model_type}'s class defaults")
+        )
+    class_defaults = families.defaults(model_type)
+    theta_default = class_defaults.get("rope_theta")
+    rho_default = class_defaults.get("partial_rotary_factor")
+    if "rope_theta" in resolved and "rope_theta" not in text:  # an alias (rotary_emb_base)
+        theta_default = _number(resolved["rope_theta"], "rope_theta")
+    if "partial_rotary_factor" in resolved and "partial_rotary_factor" not in text:
+        rho_default = _number(resolved["partial_rotary_factor"], "partial_rotary_factor")
+    if model_type == "gptj" and isinstance(resolved.get("rotary_dim"), int):
+        rho_default = None  # set from rotary_dim below, once the head size is known
     scaling, params = text.get("rope_scaling"), text.get("rope_parameters")
     for name, value in (("rope_scaling", scaling), ("rope_parameters", params)):
         if value is not None and not isinstance(value, dict):
             raise YarnconvError(f"config.json: {name} is {value!r}, not an object", f"fix or remove {name} in config.json")
     layout = "both" if scaling and params else "rope_scaling" if scaling else "rope_parameters" if params else "none"
     nested = _is_nested(params)
-    if nested:
+    local_key = families.LOCAL_BASE_KEY.get(model_type or "")
+    local_theta = _theta(_number(text.get(local_key), local_key) if local_key else None, local_key or "")
+    if local_key and local_theta is None:
+        local_theta = class_defaults.get(local_key)
+    layer_ropes: dict[str, RopeBlock] = {}
+    if nested and not scaling:
+        assert isinstance(params, dict)
+        types = [k for k in params if params[k]]
         full = params.get("full_attention") or next(v for v in params.values() if v)
-        block = _block_from_dict(full, text, findings)
-        findings.append(
-            Finding(
-                "info",
-                "nested-rope",
-                f"rope_parameters are per layer type ({', '.join(k for k in params if params[k])}); shown: full_attention",
-            )
-        )
+        block = _block_from_dict(full, text, findings, theta_default=theta_default, rho_default=rho_default)
+        for lt in types:
+            default = local_theta if lt == "sliding_attention" and local_theta else theta_default
+            layer_ropes[lt] = block if params[lt] is full else _block_from_dict(params[lt], text, findings, theta_default=default, rho_default=rho_default)
     else:
         # transformers v5 lets a rope_scaling block win over rope_parameters; so do we.
-        chosen = scaling or params or {}
-        block = _block_from_dict(chosen, text, findings)
+        chosen = scaling or (params if not nested else None) or {}
+        block = _block_from_dict(chosen, text, findings, theta_default=theta_default, rho_default=rho_default)
+        if local_key:
+            layer_ropes = {"full_attention": block, "sliding_attention": RopeBlock(theta=float(local_theta or 10000.0))}
     if layout == "both" and not nested:
-        other = _block_from_dict(params, text, [])
+        other = _block_from_dict(params, text, [], theta_default=theta_default, rho_default=rho_default)
         if _comparable(other) != _comparable(block):
             findings.append(
                 Finding(
@@ -287,28 +391,39 @@ def read_config(raw: Any) -> ConfigView:
                     "rope_scaling and rope_parameters disagree; transformers 5 follows rope_scaling, the llama.cpp converter (under transformers 4) rope_parameters",
                 )
             )
-    head_dim = text.get("head_dim")
-    hidden, heads = _int_field(text, "hidden_size"), _int_field(text, "num_attention_heads")
+    hidden, heads = _int_field(resolved, "hidden_size"), _int_field(resolved, "num_attention_heads")
+    head_dim = _int_field(resolved, "head_dim")
     if head_dim is None and hidden and heads:
         head_dim = hidden // heads
+    if model_type == "gptj" and head_dim and isinstance(resolved.get("rotary_dim"), int) and block.partial_rotary_factor is None:
+        block = replace(block, partial_rotary_factor=resolved["rotary_dim"] / head_dim)
+    dtype = text.get("dtype") or text.get("torch_dtype") or raw.get("dtype") or raw.get("torch_dtype")
     view = ConfigView(
         raw=raw,
         section=section,
         layout=layout,
         rope=block,
         nested=nested,
-        model_type=text.get("model_type") or raw.get("model_type"),
-        architectures=list(raw.get("architectures") or text.get("architectures") or []),
+        model_type=model_type,
+        architectures=[a for a in (raw.get("architectures") or text.get("architectures") or []) if isinstance(a, str)]
+        if isinstance(raw.get("architectures") or text.get("architectures") or [], list)
+        else [],
         hidden_size=hidden,
         num_heads=heads,
-        num_kv_heads=_int_field(text, "num_key_value_heads") or heads,
+        num_kv_heads=_int_field(resolved, "num_key_value_heads") or heads,
         head_dim=head_dim,
-        num_layers=_int_field(text, "num_hidden_layers"),
-        max_position=_int_field(text, "max_position_embeddings"),
-        vocab_size=_int_field(text, "vocab_size"),
-        dtype=text.get("dtype") or text.get("torch_dtype") or raw.get("dtype") or raw.get("torch_dtype"),
+        rope_head_dim=_rope_head_dim(resolved, model_type, head_dim),
+        num_layers=_int_field(resolved, "num_hidden_layers"),
+        max_position=_int_field(resolved, "max_position_embeddings"),
+        vocab_size=_int_field(resolved, "vocab_size"),
+        dtype=dtype if isinstance(dtype, str) else None,
         findings=findings,
+        resolved=resolved,
+        defaulted=defaulted,
+        layer_ropes=layer_ropes,
     )
+    if positional_scheme(view):  # no RoPE: a missing theta is not a problem
+        view.findings = [f for f in findings if f.code != "theta-missing"]
     view.findings.extend(lint(view))
     return view
 
@@ -324,8 +439,11 @@ def positional_scheme(view: ConfigView) -> str | None:
         return NON_ROPE_MODEL_TYPES[view.model_type]
     if text.get("alibi") or text.get("position_embedding_type") in ("alibi", "absolute", "learned"):
         return "ALiBi" if text.get("alibi") or text.get("position_embedding_type") == "alibi" else "learned absolute positions"
-    has_rope_keys = any(k in text for k in ("rope_theta", "rope_scaling", "rope_parameters", "rotary_emb_base", "partial_rotary_factor"))
-    if not has_rope_keys and view.model_type not in KNOWN_ROPE_MODEL_TYPES:
+    has_rope_keys = any(
+        k in text for k in ("rope_theta", "rope_scaling", "rope_parameters", "rotary_emb_base", "partial_rotary_factor", "rotary_dim")
+    )
+    known = view.model_type in KNOWN_ROPE_MODEL_TYPES or view.model_type in families.CLASS_DEFAULTS
+    if not has_rope_keys and not known:
         return f"an unknown position scheme (model_type {view.model_type!r} has no rope_theta or rope block)"
     return None
 
@@ -364,6 +482,16 @@ def lint(view: ConfigView) -> list[Finding]:
         out.append(Finding("info", "theta-inside-only", "rope_theta only inside rope_parameters: transformers 4.x readers use 10000"))
     if block.rope_type == "yarn":
         out.extend(_lint_yarn(view, raw_block))
+        if view.model_type in families.HEAD_DIM_NONE_IN_V4 and text.get("head_dim") is None:
+            out.append(
+                Finding(
+                    "error",
+                    "head-dim-missing",
+                    f"no head_dim: transformers 4.56-4.57's {view.model_type} config keeps None and crashes building the YaRN rotary embedding; write head_dim",
+                )
+            )
+        if view.model_type in families.REFUSED_MODEL_TYPES:
+            out.append(Finding("error", "family-rejects-yarn", families.REFUSED_MODEL_TYPES[view.model_type]))
     elif block.rope_type in ("dynamic-yarn",):
         out.append(
             Finding(
@@ -515,22 +643,51 @@ def block_to_dict(block: RopeBlock, schema: Schema) -> dict[str, Any]:
     return out
 
 
-def write_rope(raw: dict[str, Any], section: tuple[str, ...], block: RopeBlock, max_position: int, schema: Schema) -> dict[str, Any]:
-    """A copy of ``raw`` whose rope block and max length say ``block``; every other key is kept."""
+def write_rope(
+    raw: dict[str, Any],
+    section: tuple[str, ...],
+    block: RopeBlock,
+    max_position: int,
+    schema: Schema,
+    *,
+    view: ConfigView | None = None,
+) -> dict[str, Any]:
+    """A copy of ``raw`` whose rope block and max length say ``block``; every other key is kept.
+
+    With ``view``, family quirks are written too: the sliding layers' own base stays explicit
+    (Gemma 3; nested per layer type in the v5 schema), and a head_dim that a 4.x config class
+    would leave None is made explicit (hidden_size / heads, what every other reader assumes).
+    """
     if schema not in SCHEMAS:
         raise YarnconvError(f"unknown schema {schema!r}", f"choose one of {', '.join(SCHEMAS)}")
     out = copy.deepcopy(raw)
     text = out[section[0]] if section else out
     text["max_position_embeddings"] = int(max_position)
-    text["rope_theta"] = float(block.theta)  # v4 readers fall back to 10000 without it
     if "original_max_position_embeddings" in text and block.original_context is not None:
         text["original_max_position_embeddings"] = int(block.original_context)
+    local = view.layer_ropes.get("sliding_attention") if view else None
+    local_key = families.LOCAL_BASE_KEY.get(view.model_type or "") if view else None
+    if view and view.model_type in families.HEAD_DIM_NONE_IN_V4 and text.get("head_dim") is None and view.head_dim:
+        text["head_dim"] = int(view.head_dim)
     if schema == "v5":
+        # The form transformers 5 saves: everything inside rope_parameters, nothing at top level.
         text.pop("rope_scaling", None)
-        text["rope_parameters"] = block_to_dict(block, schema)
-    else:
-        text.pop("rope_parameters", None)
-        text["rope_scaling"] = block_to_dict(block, schema)
-        if block.partial_rotary_factor is not None:
-            text["partial_rotary_factor"] = block.partial_rotary_factor
+        for key in ("rope_theta", "partial_rotary_factor", *([local_key] if local_key else [])):
+            text.pop(key, None)
+        full = block_to_dict(block, schema)
+        if local is not None:
+            sliding = {"rope_type": "default", "rope_theta": float(local.theta)}
+            if local.partial_rotary_factor is not None:
+                sliding["partial_rotary_factor"] = local.partial_rotary_factor
+            text["rope_parameters"] = {"full_attention": full, "sliding_attention": sliding}
+        else:
+            text["rope_parameters"] = full
+        return out
+    text["rope_theta"] = float(block.theta)  # v4 readers fall back to a class default without it
+    text.pop("rope_parameters", None)
+    text["rope_scaling"] = block_to_dict(block, schema)
+    if block.partial_rotary_factor is not None and "rotary_pct" not in text:
+        text["partial_rotary_factor"] = block.partial_rotary_factor
+    if local is not None and local_key:
+        text[local_key] = float(local.theta)
     return out

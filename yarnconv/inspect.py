@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import Any
 
 from yarnconv import rope, runtimes
 from yarnconv.checkpoint import CONFIG, RECORD, dir_size, read_json, scan_weights
-from yarnconv.config import positional_scheme, read_config
+from yarnconv.config import ConfigView, positional_scheme, read_config
 from yarnconv.sources import resolve
 
 
@@ -30,8 +29,10 @@ def inspect_model(source: str | os.PathLike[str], *, revision: str | None = None
         "attention_heads": view.num_heads,
         "kv_heads": view.num_kv_heads,
         "head_dim": view.head_dim,
+        "rope_head_dim": view.rope_head_dim,
         "rotary_dim": view.rotary_dim,
         "rope_theta": block.theta,
+        "class_defaults_used": view.defaulted,
         "vocab_size": view.vocab_size,
         "dtype": view.dtype,
         "weight_dtypes": weights.dtypes,
@@ -45,9 +46,12 @@ def inspect_model(source: str | os.PathLike[str], *, revision: str | None = None
         "positional_encoding": positional_scheme(view) or "rope",
         "findings": [f.__dict__ for f in view.findings],
     }
-    if view.head_dim and not positional_scheme(view) and view.rotary_dim and view.rotary_dim % 2 == 0:
-        report["effective"] = _effective(view)
-        report["runtimes"] = runtimes.compare(view.text, _reference_spec(view))
+    if view.rope_head_dim and not positional_scheme(view) and view.rotary_dim and view.rotary_dim % 2 == 0:
+        refs = runtimes.reference_specs(view)
+        report["effective"] = _effective(view, refs)
+        report["runtimes"] = runtimes.compare(view, refs)
+        if view.layer_ropes:
+            report["layer_ropes"] = {lt: b.to_dict() for lt, b in view.layer_ropes.items()}
     record = src.path / RECORD
     if record.is_file():
         data = read_json(record, RECORD)
@@ -56,30 +60,32 @@ def inspect_model(source: str | os.PathLike[str], *, revision: str | None = None
     return report
 
 
-def _reference_spec(view: Any) -> rope.RopeSpec:
-    """yarnconv's reading of the config; a YaRN block without L falls back to max length as v5 does."""
-    block = view.rope
-    spec = block.spec(view.head_dim, view.max_position)
-    if spec.method == "yarn" and spec.original_context is None:
-        spec = replace(spec, original_context=view.max_position)
-    if spec.method in ("yarn", "linear", "dynamic") and spec.factor is None and spec.original_context and view.max_position:
-        spec = replace(spec, factor=view.max_position / spec.original_context)
-    return spec
-
-
-def _effective(view: Any) -> dict[str, Any]:
-    spec = _reference_spec(view)
+def _effective(view: ConfigView, refs: dict[str, rope.RopeSpec]) -> dict[str, Any]:
+    spec = refs.get("full_attention") or refs["all"]
     try:
         result = rope.compute(spec)
     except ValueError as exc:
         return {"error": str(exc)}
-    out: dict[str, Any] = {"method": spec.method, "attention_factor": result.attention_factor}
+    out: dict[str, Any] = {"method": spec.method, "attention_factor": result.attention_factor, "rotary_dim": spec.dim, "theta": spec.base}
     if spec.method == "yarn":
         out["correction_range"] = list(result.correction_range or ())
         out["temperature"] = rope.temperature_from_attention_factor(result.attention_factor)
         out["logit_multiplier"] = result.attention_factor**2
-    if spec.method in ("yarn", "linear") and spec.factor:
+        if view.is_mla and spec.mscale_all_dim:
+            # MLA models also scale the softmax by g(s, mscale_all_dim)^2 (yarn-math F9)
+            out["softmax_multiplier"] = rope.mscale(spec.factor or 1.0, spec.mscale_all_dim) ** 2
+            out["logit_multiplier"] *= out["softmax_multiplier"]
+    if spec.method in ("yarn", "linear", "llama3", "longrope", "dynamic") and spec.factor:
         out["factor"] = spec.factor
+    if spec.method == "dynamic" and spec.max_position:
+        m = spec.max_position
+        out["dynamic_base"] = {str(n): rope.dynamic_ntk_base(spec, n) for n in (m, 2 * m, 4 * m)}
+    if spec.method in ("llama3", "longrope", "linear"):
+        base = rope.base_inv_freq(spec.base, spec.dim)
+        out["inv_freq_divisor"] = {"min": min(b / f for b, f in zip(base, result.inv_freq, strict=True)), "max": max(b / f for b, f in zip(base, result.inv_freq, strict=True))}
+    for lt, other in refs.items():
+        if other is not spec:
+            out.setdefault("other_layers", {})[lt] = {"method": other.method, "theta": other.base, "attention_factor": rope.compute(other).attention_factor}
     return out
 
 

@@ -11,10 +11,12 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from yarnconv import rope
-from yarnconv.config import ConfigView, Finding, RopeBlock, Schema, positional_scheme, read_config, write_rope
+from yarnconv import families, rope
+from yarnconv.config import MAX_CONTEXT, ConfigView, Finding, RopeBlock, Schema, positional_scheme, read_config, write_rope
 from yarnconv.errors import YarnconvError
 
+# Keys that belong to another scaling method; dropped when --force replaces it with YaRN.
+METHOD_KEYS = {"low_freq_factor", "high_freq_factor", "short_factor", "long_factor"}
 # Known pretraining lengths whose max_position_embeddings is not a power of two.
 _KNOWN_ORIGINALS = {("qwen3", 40960): 32768, ("qwen3_moe", 40960): 32768}
 
@@ -83,6 +85,12 @@ def _original_context(view: ConfigView, req: ExtendRequest, notes: list[str]) ->
     if req.original_context is not None:
         if req.original_context <= 0:
             raise YarnconvError(f"--original-context must be positive, got {req.original_context}", "pass the pretraining context length")
+        if view.max_position and req.original_context > view.max_position and not req.force:
+            raise YarnconvError(
+                f"--original-context {req.original_context} is above the model's max_position_embeddings {view.max_position}; "
+                "a model is never pretrained longer than its own context",
+                f"pass the length it was pretrained at (at most {view.max_position}), or --force",
+            )
         if before.original_context and before.original_context != req.original_context:
             notes.append(f"original context overridden: config says {before.original_context}, using {req.original_context}")
         return req.original_context, "--original-context"
@@ -118,6 +126,7 @@ def _factor_and_length(req: ExtendRequest, original: int, current: int | None) -
                 f"use --target-context {lo} or {hi}",
             )
         factor, length = float(req.scale), int(round(length))
+        _check_length(length)
     else:
         length = int(req.target_context)  # type: ignore[arg-type]
         if length <= original:
@@ -125,6 +134,7 @@ def _factor_and_length(req: ExtendRequest, original: int, current: int | None) -
                 f"--target-context {length} is not longer than the original context {original}",
                 "pass a longer target",
             )
+        _check_length(length)
         factor = length / original
     if current is not None and length < current:
         raise YarnconvError(
@@ -132,6 +142,14 @@ def _factor_and_length(req: ExtendRequest, original: int, current: int | None) -
             f"ask for at least {current} tokens",
         )
     return factor, length
+
+
+def _check_length(length: int) -> None:
+    if length > MAX_CONTEXT:
+        raise YarnconvError(
+            f"the new context {length} does not fit the 32-bit lengths of GGUF and most runtimes (max {MAX_CONTEXT})",
+            "ask for a shorter context or check --original-context",
+        )
 
 
 def _attention(req: ExtendRequest, before: RopeBlock, notes: list[str]) -> dict[str, float | None]:
@@ -168,11 +186,17 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
             else "YaRN applies to rotary-embedding models only"
         )
         raise YarnconvError(f"{view.model_type or 'this model'} uses {scheme}, not RoPE; there is nothing to rescale", hint)
-    if view.nested:
+    refused = families.REFUSED_MODEL_TYPES.get(view.model_type or "")
+    if refused and not req.force:
+        raise YarnconvError(f"{view.model_type}: {refused}", "no output would load; --force writes it anyway")
+    if view.nested and set(view.layer_ropes) - {"full_attention", "sliding_attention"}:
         raise YarnconvError(
-            "per-layer-type rope_parameters (Gemma-style) are not supported by extend yet", "extend a model with a single rope block"
+            f"per-layer-type rope_parameters for {', '.join(sorted(view.layer_ropes))} are not supported by extend",
+            "extend a model whose layers are full_attention / sliding_attention",
         )
-    if view.head_dim is None:
+    if view.nested and view.layer_ropes.get("sliding_attention", view.rope).rope_type != "default":
+        raise YarnconvError("the sliding-attention layers already use a scaled rope", "extend a model whose sliding layers use plain RoPE")
+    if view.rope_head_dim is None:
         raise YarnconvError(
             "config.json has no head_dim and no hidden_size/num_attention_heads", "is this a decoder-only transformer config?"
         )
@@ -205,7 +229,7 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
     for name, value in (("--beta-fast", req.beta_fast), ("--beta-slow", req.beta_slow)):
         _positive(value, name)
     kept = before if before.rope_type == "yarn" else RopeBlock()
-    extra = {k: v for k, v in before.extra.items() if k.startswith("mrope")}
+    extra = {k: v for k, v in before.extra.items() if k not in METHOD_KEYS}
     dropped = sorted(set(before.extra) - set(extra))
     if dropped:
         notes.append(f"dropped rope keys that belong to the old method: {', '.join(dropped)}")
@@ -236,12 +260,16 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
         notes.append(f"top-level original_max_position_embeddings set to {original} to match the rope block")
     if view.layout == "rope_parameters" and req.schema != "v5":
         notes.append("rope_parameters (transformers 5 form) rewritten as rope_scaling + rope_theta, which every runtime reads")
-    new = write_rope(raw, view.section, after, length, req.schema)
+    new = write_rope(raw, view.section, after, length, req.schema, view=view)
+    if "head_dim" not in view.text and "head_dim" in (new[view.section[0]] if view.section else new):
+        notes.append(f"head_dim {view.head_dim} written: transformers 4.56-4.57 crash building YaRN for {view.model_type} without it")
+    if view.layer_ropes.get("sliding_attention"):
+        notes.append(f"YaRN applies to the full-attention layers; sliding-window layers keep theta {view.layer_ropes['sliding_attention'].theta:g}")
     after_view = read_config(new)
     plan = ExtendPlan(
-        new, before, after, view.max_position, length, source, view.head_dim, view.num_layers or 0, notes, after_view.findings
+        new, before, after, view.max_position, length, source, view.rope_head_dim, view.num_layers or 0, notes, after_view.findings
     )
     # Self-check: the written config must read back as exactly the planned block.
-    if replace(after_view.rope, extra={}) != replace(after, extra={}):
+    if replace(after_view.rope, extra={}) != replace(after, extra={}) or after_view.rotary_dim != view.rotary_dim:
         raise AssertionError(f"yarnconv bug: planned {after} but the written config reads {after_view.rope}")
     return plan

@@ -23,7 +23,7 @@ DEFAULT_BETA_FAST = 32.0
 DEFAULT_BETA_SLOW = 1.0
 
 Precision = Literal["float64", "float32"]
-METHODS = ("default", "linear", "dynamic", "yarn")
+METHODS = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 
 
 def rotary_dim(head_dim: int, partial_rotary_factor: float | None = None) -> int:
@@ -119,6 +119,10 @@ class RopeSpec:
     mscale: float | None = None
     mscale_all_dim: float | None = None
     max_position: int | None = None  # dynamic NTK: the length beyond which the base grows
+    low_freq_factor: float | None = None  # llama3
+    high_freq_factor: float | None = None  # llama3
+    short_factor: tuple[float, ...] | None = None  # longrope, sequences up to the original length
+    long_factor: tuple[float, ...] | None = None  # longrope, longer sequences
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,10 @@ def compute(spec: RopeSpec, *, seq_len: int | None = None, precision: Precision 
         return RopeResult(_inv_freq(dynamic_ntk_base(spec, seq_len), spec.dim, precision), 1.0)
     if spec.method == "yarn":
         return _yarn(spec, precision)
+    if spec.method == "llama3":
+        return RopeResult(_llama3(spec), 1.0)
+    if spec.method == "longrope":
+        return _longrope(spec, seq_len)
     raise ValueError(f"unknown RoPE method {spec.method!r}; expected one of {', '.join(METHODS)}")
 
 
@@ -207,3 +215,40 @@ def _yarn_float32(base: float, dim: int, factor: float, low: float, high: float)
     ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
     keep = 1 - ramp
     return (interpolation * (1 - keep) + extrapolation * keep).tolist()
+
+
+def _llama3(spec: RopeSpec) -> list[float]:
+    """Llama 3.1's wavelength-banded scaling (transformers ``_compute_llama3_parameters``):
+    long wavelengths are divided by the factor, short ones kept, the band between blended."""
+    if spec.original_context is None or spec.low_freq_factor is None or spec.high_freq_factor is None:
+        raise ValueError("llama3 scaling needs original_max_position_embeddings, low_freq_factor and high_freq_factor")
+    factor, old = float(spec.factor), spec.original_context  # type: ignore[arg-type]
+    low_wavelen, high_wavelen = old / spec.low_freq_factor, old / spec.high_freq_factor
+    out = []
+    for f in base_inv_freq(spec.base, spec.dim):
+        wavelen = 2 * math.pi / f
+        if wavelen < high_wavelen:
+            out.append(f)
+        elif wavelen > low_wavelen:
+            out.append(f / factor)
+        else:
+            smooth = (old / wavelen - spec.low_freq_factor) / (spec.high_freq_factor - spec.low_freq_factor)
+            out.append((1 - smooth) * f / factor + smooth * f)
+    return out
+
+
+def _longrope(spec: RopeSpec, seq_len: int | None) -> RopeResult:
+    """LongRoPE (Phi-3): per-pair divisors, short ones up to the original length, long ones beyond;
+    magnitude sqrt(1 + ln s / ln L) unless given."""
+    if spec.original_context is None or spec.short_factor is None or spec.long_factor is None:
+        raise ValueError("longrope needs original_max_position_embeddings, short_factor and long_factor")
+    factors = spec.long_factor if seq_len and seq_len > spec.original_context else spec.short_factor
+    if len(factors) != spec.dim // 2:
+        raise ValueError(f"longrope factors have {len(factors)} entries, the rotary dimension needs {spec.dim // 2}")
+    inv = [t / e for t, e in zip(base_inv_freq(spec.base, spec.dim), factors, strict=True)]
+    s = float(spec.factor or 1.0)
+    if spec.attention_factor is not None:
+        a = float(spec.attention_factor)
+    else:
+        a = 1.0 if s <= 1.0 else math.sqrt(1 + math.log(s) / math.log(spec.original_context))
+    return RopeResult(inv, a)

@@ -1,117 +1,134 @@
 """What each runtime effectively computes from a config.json, modelled from their source.
 
-Each reader takes the text section of a config (root or ``text_config``) and returns the
-rope settings that runtime would use, or the error it would raise. The models follow
-shared/reference/runtimes.md and yarn-math.md (transformers 4.44-5.23, vLLM 0.33,
-llama.cpp 0c1e57098 with its converter under transformers 5, exllamav2). They are pure, so
-``inspect`` can run them on any checkpoint without installing anything.
+Each reader takes a parsed :class:`ConfigView` (the raw text section plus the family's class
+defaults) and returns the rope settings that runtime would use per layer type, or the error it
+would raise. The models follow shared/reference/runtimes.md and yarn-math.md (transformers
+4.44-5.23, vLLM 0.33, llama.cpp with its converter, exllamav2) and are checked against the real
+transformers 4.57.1 / 5.x and llama.cpp converter on a corpus of published configs
+(tests/test_corpus.py). They are pure, so ``inspect`` can run them without installing anything.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from yarnconv import rope
-from yarnconv.config import LAYER_TYPE_KEYS
+from yarnconv import families, rope
+from yarnconv.config import ConfigView, read_config
+
+# Families whose llama.cpp converter class writes no HF rope scaling at all (conversion/*.py:
+# set_gguf_parameters without the generic TextModel path).
+LLAMA_CPP_IGNORES_SCALING = {"gpt_neox", "falcon", "stablelm", "phi", "gemma", "gemma2", "chatglm", "minicpm3"}
+# Keys a rope block may carry per method, as the runtimes read them.
+_SCALED = ("linear", "dynamic", "yarn", "llama3", "longrope")
 
 
 @dataclass
 class RuntimeReading:
-    """One runtime's effective interpretation of a config."""
+    """One runtime's effective interpretation of a config: a spec per layer type, or an error."""
 
     runtime: str
-    spec: rope.RopeSpec | None = None
+    specs: dict[str, rope.RopeSpec] = field(default_factory=dict)
     max_context: int | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
 
-    @property
-    def method(self) -> str:
-        return self.spec.method if self.spec else "error"
+
+def _kind(block: dict[str, Any], *, v5: bool) -> str:
+    name = block.get("rope_type", block.get("type", "default")) if v5 else block.get("rope_type", block.get("type", "default"))
+    return {"mrope": "default", "su": "longrope"}.get(str(name), str(name))
 
 
-def _block(text: dict[str, Any], *, v5: bool) -> dict[str, Any]:
-    scaling = text.get("rope_scaling")
-    params = text.get("rope_parameters")
-    if not v5:
-        return dict(scaling or {})
-    chosen = scaling or params or {}
-    if isinstance(chosen, dict) and any(k in LAYER_TYPE_KEYS for k in chosen):
-        chosen = chosen.get("full_attention") or {}
-    return dict(chosen)
+def _spec(view: ConfigView, kind: str, block: dict[str, Any], theta: float, rho: float | None, **over: Any) -> rope.RopeSpec:
+    """A spec for ``kind`` from raw block keys; ``over`` replaces what a runtime reads differently."""
+    method = kind if kind in rope.METHODS else "default"
 
+    def floats(key: str) -> tuple[float, ...] | None:
+        v = block.get(key)
+        return tuple(float(x) for x in v) if isinstance(v, list) else None
 
-def _head_dim(text: dict[str, Any]) -> int:
-    return text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
-
-
-def _yarn_spec(
-    text: dict[str, Any],
-    block: dict[str, Any],
-    *,
-    theta: float,
-    rho: float | None,
-    factor: float,
-    original: int,
-    truncate: bool = True,
-    betas: bool = True,
-    magnitude_keys: bool = True,
-    mscale_keys: bool = True,
-) -> rope.RopeSpec:
-    return rope.RopeSpec(
-        method="yarn",
-        base=theta,
-        dim=rope.rotary_dim(_head_dim(text), rho),
-        factor=factor,
-        original_context=original,
-        beta_fast=block.get("beta_fast") if betas else None,
-        beta_slow=block.get("beta_slow") if betas else None,
-        truncate=bool(block.get("truncate", True)) if truncate else True,
-        attention_factor=block.get("attention_factor") if magnitude_keys else None,
-        mscale=block.get("mscale") if mscale_keys else None,
-        mscale_all_dim=block.get("mscale_all_dim") if mscale_keys else None,
-    )
-
-
-def _fixed_yarn(text: dict[str, Any], block: dict[str, Any], *, theta: float, rho: float | None, original: int) -> rope.RopeSpec:
-    """YaRN as llama.cpp's generic archs and exllamav2 run it: betas 32/1, always rounded, g(s)."""
-    return _yarn_spec(
-        text, block, theta=theta, rho=rho, factor=float(block["factor"]), original=original,
-        truncate=False, betas=False, magnitude_keys=False, mscale_keys=False,
-    )  # fmt: skip
-
-
-def _simple_spec(text: dict[str, Any], kind: str, block: dict[str, Any], theta: float, rho: float | None) -> rope.RopeSpec:
-    method = kind if kind in ("linear", "dynamic") else "default"
-    return rope.RopeSpec(
+    fields: dict[str, Any] = dict(
         method=method,
-        base=theta,
-        dim=rope.rotary_dim(_head_dim(text), rho),
+        base=float(theta),
+        dim=rope.rotary_dim(view.rope_head_dim or 0, rho),
         factor=block.get("factor"),
-        max_position=text.get("max_position_embeddings"),
+        original_context=block.get("original_max_position_embeddings"),
+        beta_fast=block.get("beta_fast"),
+        beta_slow=block.get("beta_slow"),
+        truncate=bool(block.get("truncate", True)),
+        attention_factor=block.get("attention_factor"),
+        mscale=block.get("mscale"),
+        mscale_all_dim=block.get("mscale_all_dim"),
+        max_position=view.text.get("max_position_embeddings") or view.max_position,
+        low_freq_factor=block.get("low_freq_factor"),
+        high_freq_factor=block.get("high_freq_factor"),
+        short_factor=floats("short_factor"),
+        long_factor=floats("long_factor"),
     )
+    if method == "longrope":
+        top = view.text.get("original_max_position_embeddings")
+        fields["original_context"] = fields["original_context"] or top
+        if fields["factor"] is None and fields["original_context"]:
+            fields["factor"] = fields["max_position"] / fields["original_context"]
+    if method == "default":
+        fields.update(factor=None, original_context=None)
+    fields.update(over)
+    return rope.RopeSpec(**fields)
 
 
-def _hf4(variant: str) -> Callable[[dict[str, Any]], RuntimeReading]:
-    def read(text: dict[str, Any]) -> RuntimeReading:
+def _local(view: ConfigView, rho: float | None) -> dict[str, rope.RopeSpec]:
+    """The sliding layers' own plain RoPE (Gemma 3), when the family has one."""
+    local = view.layer_ropes.get("sliding_attention")
+    if local is None:
+        return {}
+    return {"sliding_attention": rope.RopeSpec(base=local.theta, dim=rope.rotary_dim(view.rope_head_dim or 0, rho))}
+
+
+def _layered(view: ConfigView, spec: rope.RopeSpec, rho: float | None) -> dict[str, rope.RopeSpec]:
+    if view.layer_ropes:
+        return {"full_attention": spec, **_local(view, rho)}
+    return {"all": spec}
+
+
+def _class_theta(view: ConfigView, *, v5: bool) -> float:
+    d = families.defaults(view.model_type)
+    return float((d.get("rope_theta_v5") if v5 else None) or d.get("rope_theta") or 10000.0)
+
+
+def _top(view: ConfigView, key: str) -> Any:
+    """A top-level key as the family's config class reads it (aliases such as rotary_emb_base included)."""
+    if key in view.text:
+        return view.text[key]
+    return view.resolved.get(key)
+
+
+def _hf4(variant: str) -> Callable[[ConfigView], RuntimeReading]:
+    def read(view: ConfigView) -> RuntimeReading:
         out = RuntimeReading(f"transformers {variant}")
-        block = _block(text, v5=False)
-        theta = float(text.get("rope_theta", 10000.0))
-        rho = text.get("partial_rotary_factor")
-        if not block and text.get("rope_parameters"):
-            out.notes.append("rope_parameters (v5 form) is not read by transformers 4.x")
-        kind = block.get("rope_type", block.get("type", "default"))
-        mpe = text.get("max_position_embeddings")
+        text = view.text
+        block = dict(text.get("rope_scaling") or {})
+        theta = _top(view, "rope_theta")
+        if theta is None:
+            theta = _class_theta(view, v5=False)
+            if text.get("rope_parameters"):
+                out.notes.append(f"rope_parameters (v5 form) is not read by transformers 4.x: theta {theta:g}, no scaling")
+        rho = _top(view, "partial_rotary_factor")
+        if rho is None:
+            rho = families.defaults(view.model_type).get("partial_rotary_factor")
+        kind = _kind(block, v5=False)
+        mpe = text.get("max_position_embeddings") or view.max_position
+        if view.model_type in families.REFUSED_MODEL_TYPES and kind in ("yarn", "linear", "dynamic", "llama3"):
+            out.error = "Phi-3 config class turns the block into longrope: ValueError"
+            return out
         if kind != "yarn":
-            out.spec = _simple_spec(text, kind, block, theta, rho)
+            out.specs = _layered(view, _spec(view, kind, block, theta, rho), rho)
             return out
         original = block.get("original_max_position_embeddings")
         factor = block.get("factor")
         if variant == "4.44-4.50":
             out.notes.append("original length taken from max_position_embeddings (D1)")
-            out.spec = _yarn_spec(text, block, theta=theta, rho=rho, factor=factor, original=mpe, truncate=False, mscale_keys=False)
+            spec = _spec(view, kind, block, theta, rho, original_context=mpe, truncate=True, mscale=None, mscale_all_dim=None)
         elif variant == "4.51-4.55":
             if original:
                 if factor != mpe / original:
@@ -119,123 +136,184 @@ def _hf4(variant: str) -> Callable[[dict[str, Any]], RuntimeReading]:
                 factor = mpe / original
             if block.get("truncate") is False:
                 out.notes.append("truncate honoured from 4.55 only")
-            out.spec = _yarn_spec(text, block, theta=theta, rho=rho, factor=factor, original=original or mpe, truncate=False)
+            spec = _spec(view, kind, block, theta, rho, factor=factor, original_context=original or mpe, truncate=True)
         else:
-            out.spec = _yarn_spec(text, block, theta=theta, rho=rho, factor=factor, original=original or mpe)
+            if view.model_type in families.HEAD_DIM_NONE_IN_V4 and text.get("head_dim") is None:
+                out.error = f"{view.model_type} config keeps head_dim None: TypeError building the YaRN rotary embedding"
+                return out
+            spec = _spec(view, kind, block, theta, rho, original_context=original or mpe)
+        out.specs = _layered(view, spec, rho)
         return out
 
     return read
 
 
-def _v5_common(text: dict[str, Any], out: RuntimeReading) -> tuple[dict[str, Any], str, float, float | None, int | None]:
-    block = _block(text, v5=True)
-    theta = block.get("rope_theta", text.get("rope_theta"))
-    if theta is None:
-        out.notes.append("no rope_theta: a per-class default_theta is used (10000 for most)")
-        theta = 10000.0
-    rho = block.get("partial_rotary_factor", text.get("partial_rotary_factor"))
-    kind = block.get("rope_type", block.get("type", "default"))
-    original = text.get("original_max_position_embeddings") or block.get("original_max_position_embeddings")
-    if original is None and kind == "yarn":
-        out.notes.append("original length missing: max_position_embeddings is used")
-        original = text.get("max_position_embeddings")
-    return block, kind, float(theta), rho, original
+def _v5_blocks(view: ConfigView, out: RuntimeReading) -> dict[str, tuple[dict[str, Any], float, float | None]]:
+    """Per layer type: (block, theta, rho) as transformers 5 standardises the config."""
+    text = view.text
+    scaling, params = text.get("rope_scaling"), text.get("rope_parameters")
+    top_theta, top_rho = _top(view, "rope_theta"), _top(view, "partial_rotary_factor")
+    default_rho = families.defaults(view.model_type).get("partial_rotary_factor")
+
+    def entry(block: dict[str, Any], theta_default: float) -> tuple[dict[str, Any], float, float | None]:
+        theta = block.get("rope_theta", top_theta)
+        if theta is None:
+            theta = theta_default
+        rho = block.get("partial_rotary_factor", top_rho if top_rho is not None else default_rho)
+        return dict(block), float(theta), rho
+
+    class_theta = _class_theta(view, v5=True)
+    local = view.layer_ropes.get("sliding_attention")
+    if scaling or not (isinstance(params, dict) and view.nested):
+        block = dict(scaling or params or {})
+        if text.get("original_max_position_embeddings") and _kind(block, v5=True) == "yarn":
+            block["original_max_position_embeddings"] = text["original_max_position_embeddings"]  # D4: top level wins
+        main = entry(block, class_theta)
+        if local is not None:
+            return {"full_attention": main, "sliding_attention": ({}, local.theta, main[2])}
+        return {"all": main}
+    result = {}
+    for lt, block in params.items():
+        if isinstance(block, dict):
+            default = local.theta if (lt == "sliding_attention" and local is not None) else class_theta
+            result[lt] = entry(block, default)
+    return result
 
 
-def hf5(text: dict[str, Any]) -> RuntimeReading:
-    """transformers 5.x: rope_scaling wins over rope_parameters; top-level original overrides."""
-    out = RuntimeReading("transformers 5.x")
-    block, kind, theta, rho, original = _v5_common(text, out)
-    if kind != "yarn":
-        out.spec = _simple_spec(text, kind, block, theta, rho)
-        return out
-    factor = block.get("factor")
-    if factor is None:
-        factor = text["max_position_embeddings"] / original
-    out.spec = _yarn_spec(text, block, theta=theta, rho=rho, factor=factor, original=original)
+def hf5(view: ConfigView, name: str = "transformers 5.x") -> RuntimeReading:
+    """transformers 5.x: rope_scaling wins over rope_parameters; a top-level original length overrides."""
+    out = RuntimeReading(name)
+    blocks = _v5_blocks(view, out)
+    for lt, (block, theta, rho) in blocks.items():
+        kind = _kind(block, v5=True)
+        if view.model_type in families.REFUSED_MODEL_TYPES and kind in ("yarn", "linear", "dynamic", "llama3"):
+            out.error = "Phi-3 config class turns the block into longrope: KeyError short_factor/long_factor"
+            return out
+        if kind == "yarn":
+            if block.get("original_max_position_embeddings") is None:
+                out.notes.append("original length missing: max_position_embeddings is used")
+                block["original_max_position_embeddings"] = view.max_position
+            if block.get("factor") is None:
+                block["factor"] = view.max_position / block["original_max_position_embeddings"]
+            if lt != "all" and block.get("truncate") is False:
+                out.notes.append(f"truncate inside the nested {lt} block is ignored (D6)")
+                block["truncate"] = True
+        out.specs[lt] = _spec(view, kind, block, theta, rho)
+    if view.layer_ropes and "all" in out.specs:
+        out.specs = {"full_attention": out.specs["all"]}
     return out
 
 
-def vllm(text: dict[str, Any]) -> RuntimeReading:
+def vllm(view: ConfigView) -> RuntimeReading:
     """vLLM 0.33: HF-v5 standardisation, betas passed through as given, context capped at max."""
-    out = RuntimeReading("vLLM 0.33")
-    raw = _block(text, v5=True)
-    if "type" in raw and "rope_type" in raw and raw["type"] != raw["rope_type"]:
-        out.error = "type and rope_type conflict: ValueError"
-        return out
-    block, kind, theta, rho, original = _v5_common(text, out)
-    out.max_context = text.get("max_position_embeddings")
-    if kind != "yarn":
-        out.spec = _simple_spec(text, kind, block, theta, rho)
-        return out
-    if block.get("factor") is None:
-        out.error = "YaRN without factor: KeyError"
-        return out
-    for key in ("beta_fast", "beta_slow"):
-        if key in block and not block[key]:
-            out.error = f"{key}=0: division by zero"
-            return out
-    dropped = [k for k in ("attn_factor", "extrapolation_factor") if k in block]
+    raw = view.text.get("rope_scaling") or view.text.get("rope_parameters") or {}
+    if isinstance(raw, dict) and "type" in raw and "rope_type" in raw and raw["type"] != raw["rope_type"]:
+        return RuntimeReading("vLLM 0.33", error="type and rope_type conflict: ValueError")
+    for lt, (block, _, _) in _v5_blocks(view, RuntimeReading("")).items():
+        if _kind(block, v5=True) == "yarn":
+            if block.get("factor") is None:
+                return RuntimeReading("vLLM 0.33", error=f"YaRN without factor ({lt}): KeyError")
+            for key in ("beta_fast", "beta_slow"):
+                if key in block and not block[key]:
+                    return RuntimeReading("vLLM 0.33", error=f"{key}=0: division by zero")
+    out = hf5(view, "vLLM 0.33")
+    out.max_context = view.max_position
+    dropped = [k for k in ("attn_factor", "extrapolation_factor") if k in raw]
     if dropped:
         out.notes.append(f"{', '.join(dropped)} dropped")
-    out.spec = _yarn_spec(text, block, theta=theta, rho=rho, factor=block["factor"], original=original)
     return out
 
 
-def llama_cpp(text: dict[str, Any]) -> RuntimeReading:
-    """llama.cpp: convert_hf_to_gguf (under transformers 5) then the llama/qwen runtime graph.
+def llama_cpp(view: ConfigView) -> RuntimeReading:
+    """llama.cpp: convert_hf_to_gguf (under transformers 5) then the runtime graph.
 
     Generic architectures ignore betas, ``truncate``, ``attention_factor`` and mscale: the
-    runtime rounds the correction range and recomputes the magnitude as g(s).
+    runtime rounds the correction range and recomputes the magnitude as g(s). DeepSeek's MLA
+    converter carries mscale_all_dim (as yarn_log_multiplier), so it matches transformers;
+    several converter classes (GPT-NeoX, Falcon, StableLM, Gemma 1/2, ...) write no scaling.
     """
-    out = RuntimeReading("llama.cpp")
-    block, kind, theta, rho, original = _v5_common(text, out)
-    out.max_context = text.get("max_position_embeddings")
-    if kind != "yarn" or block.get("factor") is None:
-        spec = _simple_spec(text, kind, block, theta, rho)
+    out = RuntimeReading("llama.cpp", max_context=view.max_position)
+    if view.model_type in families.REFUSED_MODEL_TYPES:
+        out.error = "the Phi-3 converter accepts only longrope/su scaling"
+        return out
+    blocks = _v5_blocks(view, out)
+    ignores = view.model_type in LLAMA_CPP_IGNORES_SCALING
+    for lt, (block, theta, rho) in blocks.items():
+        kind = _kind(block, v5=True)
+        if ignores and kind != "default":
+            out.notes.append(f"the {view.model_type} converter writes no rope scaling: plain RoPE")
+            kind, block = "default", {}
+        if ignores and "rope_theta" not in view.text and view.model_type == "gpt_neox":
+            theta = 10000.0  # the converter writes no freq_base for GPT-NeoX
         if kind == "dynamic":
             out.notes.append("dynamic NTK is not converted (no GGUF key)")
-            spec = rope.RopeSpec(method="default", base=theta, dim=spec.dim)
-        out.spec = spec
-        return out
-    ignored = [k for k in ("beta_fast", "beta_slow") if block.get(k) not in (None, 32, 32.0, 1, 1.0)]
-    ignored += [k for k in ("attention_factor", "mscale", "mscale_all_dim") if block.get(k) is not None]
-    if block.get("truncate") is False:
-        ignored.append("truncate")
-    if ignored:
-        out.notes.append(f"ignored for llama/qwen archs: {', '.join(ignored)}")
-    out.spec = _fixed_yarn(text, block, theta=theta, rho=rho, original=original)
+            kind = "default"
+        if kind != "yarn" or block.get("factor") is None:
+            out.specs[lt] = _spec(view, kind if kind != "yarn" else "default", block, theta, rho)
+            continue
+        if block.get("original_max_position_embeddings") is None:
+            out.error = "the converter needs original_max_position_embeddings: KeyError"
+            return out
+        if view.is_mla:
+            out.specs[lt] = _spec(view, kind, block, theta, rho, beta_fast=None, beta_slow=None, truncate=True, attention_factor=None)
+            continue
+        ignored = [k for k in ("beta_fast", "beta_slow") if block.get(k) not in (None, 32, 32.0, 1, 1.0)]
+        ignored += [k for k in ("attention_factor", "mscale", "mscale_all_dim") if block.get(k) is not None]
+        if block.get("truncate") is False:
+            ignored.append("truncate")
+        if ignored:
+            out.notes.append(f"ignored for {view.model_type}: {', '.join(ignored)}")
+        out.specs[lt] = _spec(
+            view, kind, block, theta, rho, beta_fast=None, beta_slow=None, truncate=True, attention_factor=None, mscale=None, mscale_all_dim=None
+        )
+    if view.layer_ropes and "all" in out.specs:
+        out.specs = {"full_attention": out.specs["all"]}
     return out
 
 
-def exllamav2(text: dict[str, Any]) -> RuntimeReading:
-    """exllamav2 (exllamav2/rope.py, config.py): `type` only, both keys assert; the ramp uses
-    max_seq_len instead of the original length, betas 32/1, whole-head rotation, g(s)."""
+def exllamav2(view: ConfigView) -> RuntimeReading:
+    """exllamav2 (exllamav2/rope.py, config.py): YaRN by `type` only (both keys assert), the ramp
+    from max_seq_len instead of the original length, betas 32/1, whole-head rotation, g(s);
+    llama3 by `rope_type`, longrope by `type` su/longrope, linear by `type`."""
     out = RuntimeReading("exllamav2")
-    block = _block(text, v5=False)
+    text = view.text
+    block = dict(text.get("rope_scaling") or {})
     theta = float(text.get("rope_theta", 10000.0))
-    rho = text.get("partial_rotary_factor")
-    mpe = text.get("max_position_embeddings")
+    mpe = text.get("max_position_embeddings") or view.max_position
     out.max_context = mpe
-    if "type" in block and "rope_type" in block:
+    if block.get("rope_type") == "llama3":
+        out.specs = {"all": _spec(view, "llama3", block, theta, None)}
+        return out
+    if block.get("type") in ("su", "longrope", "linear"):
+        out.specs = {"all": _spec(view, _kind({"type": block["type"]}, v5=False), block, theta, None)}
+        return out
+    if "type" in block and "rope_type" in block and block.get("type") == "yarn":
         out.error = "both `type` and `rope_type`: assertion error (use --schema exllamav2)"
         return out
     if block.get("type") != "yarn":
         if block.get("rope_type") == "yarn":
             out.notes.append("`rope_type` without `type`: YaRN silently off")
-        out.spec = rope.RopeSpec(method="default", base=theta, dim=rope.rotary_dim(_head_dim(text), rho))
+        elif block.get("rope_type") not in (None, "default"):
+            out.notes.append(f"rope_type {block.get('rope_type')!r} is not read: plain RoPE")
+        out.specs = {"all": rope.RopeSpec(method="default", base=theta, dim=view.rope_head_dim or 0)}
         return out
     if block.get("original_max_position_embeddings") is None:
         out.error = "YaRN without original_max_position_embeddings: KeyError"
         return out
     out.notes.append("correction range computed from max_seq_len (defaults to max_position_embeddings), as transformers <= 4.50 did")
+    rho = text.get("partial_rotary_factor")
     if rho not in (None, 1, 1.0):
         out.notes.append("partial_rotary_factor ignored (rotates the whole head)")
-    out.spec = _fixed_yarn(text, block, theta=theta, rho=None, original=mpe)
+    out.specs = {
+        "all": _spec(
+            view, "yarn", block, theta, None, original_context=mpe, beta_fast=None, beta_slow=None, truncate=True,
+            attention_factor=None, mscale=None, mscale_all_dim=None,
+        )
+    }  # fmt: skip
     return out
 
 
-READERS: dict[str, Callable[[dict[str, Any]], RuntimeReading]] = {
+READERS: dict[str, Callable[[ConfigView], RuntimeReading]] = {
     "transformers 4.44-4.50": _hf4("4.44-4.50"),
     "transformers 4.51-4.55": _hf4("4.51-4.55"),
     "transformers 4.56-4.57": _hf4("4.56-4.57"),
@@ -246,38 +324,75 @@ READERS: dict[str, Callable[[dict[str, Any]], RuntimeReading]] = {
 }
 
 
-def compare(text: dict[str, Any], reference: rope.RopeSpec) -> list[dict[str, Any]]:
-    """Every runtime's reading next to ``reference``: max relative inv_freq difference and magnitude."""
-    ref = rope.compute(reference)
+def reading(view: ConfigView, name: str) -> RuntimeReading:
+    """One runtime's reading, with model errors (KeyError etc.) turned into a failure verdict."""
+    try:
+        return READERS[name](view)
+    except (KeyError, TypeError, ZeroDivisionError, ValueError) as exc:
+        return RuntimeReading(name, error=f"{type(exc).__name__}: {exc}")
+
+
+def _layer_row(spec: rope.RopeSpec, ref: rope.RopeSpec) -> dict[str, Any]:
+    got, want = rope.compute(spec), rope.compute(ref)
+    if len(got.inv_freq) != len(want.inv_freq):
+        diff = float("inf")
+    else:
+        diff = max((abs(a - b) / b for a, b in zip(got.inv_freq, want.inv_freq, strict=True)), default=0.0)
+    same = diff <= 1e-6 and abs(got.attention_factor - want.attention_factor) <= 1e-7
+    return {
+        "method": spec.method,
+        "factor": spec.factor,
+        "original_context": spec.original_context,
+        "theta": spec.base,
+        "rotary_dim": spec.dim,
+        "attention_factor": got.attention_factor,
+        "inv_freq_max_rel_diff": diff,
+        "verdict": "same" if same else "differs",
+    }
+
+
+def compare(view: ConfigView, references: dict[str, rope.RopeSpec]) -> list[dict[str, Any]]:
+    """Every runtime's reading next to yarnconv's, per layer type: inv_freq difference and magnitude."""
     rows = []
-    for name, reader in READERS.items():
-        try:
-            reading = reader(text)
-        except (KeyError, TypeError, ZeroDivisionError, ValueError) as exc:
-            reading = RuntimeReading(name, error=f"{type(exc).__name__}: {exc}")
-        row: dict[str, Any] = {"runtime": name, "method": reading.method, "notes": reading.notes}
-        if reading.error or reading.spec is None:
-            row.update(verdict="fails", error=reading.error)
-            rows.append(row)
+    for name in READERS:
+        r = reading(view, name)
+        row: dict[str, Any] = {"runtime": name, "notes": r.notes, "max_context": r.max_context}
+        if r.error:
+            rows.append({**row, "method": "error", "verdict": "fails", "error": r.error})
             continue
+        layers: dict[str, Any] = {}
         try:
-            got = rope.compute(reading.spec)
+            for lt, ref in references.items():
+                spec = r.specs.get(lt) or r.specs.get("all") or r.specs.get("full_attention")
+                if spec is None:
+                    raise ValueError(f"no rope for {lt} layers")
+                layers[lt] = _layer_row(spec, ref)
         except ValueError as exc:
-            row.update(verdict="fails", error=str(exc))
-            rows.append(row)
+            rows.append({**row, "method": "error", "verdict": "fails", "error": str(exc)})
             continue
-        diff = max((abs(a - b) / b for a, b in zip(got.inv_freq, ref.inv_freq, strict=False)), default=0.0)
-        if len(got.inv_freq) != len(ref.inv_freq):
-            diff = float("inf")
-        mag = got.attention_factor
-        same = diff <= 1e-6 and abs(mag - ref.attention_factor) <= 1e-7
-        row.update(
-            factor=reading.spec.factor,
-            original_context=reading.spec.original_context,
-            max_context=reading.max_context,
-            attention_factor=mag,
-            inv_freq_max_rel_diff=diff,
-            verdict="same" if same else "differs",
-        )
-        rows.append(row)
+        main = layers.get("full_attention") or layers.get("all") or next(iter(layers.values()))
+        verdict = "same" if all(v["verdict"] == "same" for v in layers.values()) else "differs"
+        diff = max(v["inv_freq_max_rel_diff"] for v in layers.values())
+        rows.append({**row, **main, "inv_freq_max_rel_diff": diff, "verdict": verdict, "layers": layers})
     return rows
+
+
+def reference_specs(view: ConfigView) -> dict[str, rope.RopeSpec]:
+    """yarnconv's reading per layer type ("all" for single-rope models); a YaRN block without L
+    falls back to max length as transformers 5 does, and a missing factor to max / L."""
+    blocks = view.layer_ropes or {"all": view.rope}
+    out = {}
+    for lt, block in blocks.items():
+        spec = block.spec(view.rope_head_dim or 0, view.max_position)
+        if spec.method in ("yarn", "longrope") and spec.original_context is None:
+            spec = replace(spec, original_context=view.max_position)
+        if spec.method in ("yarn", "linear", "dynamic", "longrope") and spec.factor is None and spec.original_context and view.max_position:
+            spec = replace(spec, factor=view.max_position / spec.original_context)
+        out[lt] = spec
+    return out
+
+
+def compare_config(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`compare` for a config.json dict against yarnconv's own reading of it."""
+    view = read_config(raw)
+    return compare(view, reference_specs(view))
