@@ -15,7 +15,7 @@ import sys
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 
 def _text(config):
@@ -64,14 +64,32 @@ def _rope_of(module, path, has_types):
     return out
 
 
+def _build(config):
+    """The model class a user would load: causal LM, else the image-text-to-text or base model."""
+    import transformers as t
+
+    for name in ("AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModel"):
+        auto = getattr(t, name, None)
+        if auto is None:
+            continue
+        try:
+            return auto.from_config(config)
+        except ValueError as exc:
+            if "Unrecognized configuration class" not in str(exc):
+                raise
+    raise ValueError(f"no model class for {type(config).__name__}")
+
+
 def probe(model_dir):
     config = AutoConfig.from_pretrained(model_dir)
     text = _text(config)
     has_types = bool(getattr(text, "layer_types", None))
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(_shrink(config))
+        model = _build(_shrink(config))
     rope, scales = {}, {}
     for path, module in model.named_modules():
+        if "visual" in path or "vision" in path:
+            continue  # a VLM's vision tower has its own rotary embedding
         if hasattr(module, "config") and (hasattr(module, "inv_freq") or any(n.endswith("_inv_freq") for n, _ in module.named_buffers(recurse=False))):
             for lt, value in _rope_of(module, path, has_types).items():
                 rope.setdefault(lt, value)
@@ -85,13 +103,15 @@ def probe(model_dir):
     }
 
 
-def main(model_dir):
-    try:
-        result = probe(model_dir)
-    except Exception as exc:  # the caller compares verdicts, so a crash is data
-        result = {"transformers_version": transformers.__version__, "error": f"{type(exc).__name__}: {exc}"[:500]}
-    print(json.dumps(result))
+def main(model_dirs):
+    """One JSON line per directory, in order (a batch saves the import time per model)."""
+    for model_dir in model_dirs:
+        try:
+            result = probe(model_dir)
+        except Exception as exc:  # the caller compares verdicts, so a crash is data
+            result = {"transformers_version": transformers.__version__, "error": f"{type(exc).__name__}: {exc}"[:500]}
+        print("\nPROBE " + json.dumps({"dir": model_dir, **result}), flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1:])

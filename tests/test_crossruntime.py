@@ -43,7 +43,7 @@ def _offline() -> dict[str, str]:
 def _probe(python: Path, model_dir: Path) -> dict:
     done = subprocess.run([str(python), str(PROBE), str(model_dir)], capture_output=True, text=True, timeout=300, env=_offline())
     assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads([x for x in done.stdout.splitlines() if x.startswith("PROBE ")][-1][len("PROBE ") :])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -143,8 +143,8 @@ def _print_inspect(r: dict[str, Any]) -> None:
     if r.get("runtimes"):
         line("  runtimes")
         for row in r["runtimes"]:
-            if row["verdict"] == "fails":
-                line(f"    {row['runtime']:<24} FAILS  {row.get('error')}")
+            if row["verdict"] in ("fails", "unsupported"):
+                line(f"    {row['runtime']:<24} {row['verdict'].upper() if row['verdict'] == 'fails' else 'n/a':<8} {row.get('error')}")
                 continue
             ctx = row.get("max_context")
             info = f"{row['method']}"
@@ -153,7 +153,10 @@ def _print_inspect(r: dict[str, Any]) -> None:
             if ctx:
                 info += f", max context {ctx}"
             verdict = "same" if row["verdict"] == "same" else f"DIFFERS (inv_freq max rel {row['inv_freq_max_rel_diff']:.3g})"
-            notes = f"  [{'; '.join(row['notes'])}]" if row["notes"] else ""
+            notes = f"  [{'; '.join(dict.fromkeys(row['notes']))}]" if row["notes"] else ""
+            layers = row.get("layers") or {}
+            if len(layers) > 1:
+                info += " | " + ", ".join(f"{lt}: {v['method']} theta {v['theta']:g} {v['verdict']}" for lt, v in layers.items())
             line(f"    {row['runtime']:<24} {verdict:<8} {info}{notes}")
     if r["findings"]:
         line("  findings")

@@ -393,6 +393,8 @@ def read_config(raw: Any) -> ConfigView:
             )
     hidden, heads = _int_field(resolved, "hidden_size"), _int_field(resolved, "num_attention_heads")
     head_dim = _int_field(resolved, "head_dim")
+    if model_type in families.MLA_MODEL_TYPES and isinstance(resolved.get("qk_nope_head_dim"), int):
+        head_dim = resolved["qk_nope_head_dim"] + (_int_field(resolved, "qk_rope_head_dim") or 0)
     if head_dim is None and hidden and heads:
         head_dim = hidden // heads
     if model_type == "gptj" and head_dim and isinstance(resolved.get("rotary_dim"), int) and block.partial_rotary_factor is None:

@@ -57,6 +57,9 @@ HEAD_DIM_NONE_IN_V4 = {"mistral", "mixtral", "ministral", "minimax", "hunyuan_v1
 MLA_MODEL_TYPES = {"deepseek_v2", "deepseek_v3", "kimi_k2", "longcat_flash"}
 # Families whose sliding-window layers use their own unscaled base (transformers: rope_local_base_freq).
 LOCAL_BASE_KEY = {"gemma3_text": "rope_local_base_freq", "gemma3": "rope_local_base_freq"}
+# Model types that exist only as custom modeling code on the Hub (auto_map), not in transformers:
+# their rotary code is whatever the repo ships, so a YaRN block may be silently ignored.
+CUSTOM_CODE_ONLY = {"internlm", "internlm2", "internlm3", "minicpm", "minicpm3", "baichuan", "chatglm", "qwen", "mpt", "RefinedWeb", "RefinedWebModel"}
 # Families no YaRN layout loads in: measured with transformers 4.57.1 and 5.23.
 REFUSED_MODEL_TYPES = {
     "phi3": "transformers' Phi-3 config class rewrites a yarn block as longrope and then refuses it "

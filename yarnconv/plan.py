@@ -189,6 +189,13 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
     refused = families.REFUSED_MODEL_TYPES.get(view.model_type or "")
     if refused and not req.force:
         raise YarnconvError(f"{view.model_type}: {refused}", "no output would load; --force writes it anyway")
+    auto_map = view.raw.get("auto_map") or view.text.get("auto_map") or {}
+    if view.model_type in families.CUSTOM_CODE_ONLY and isinstance(auto_map, dict) and not req.force:
+        raise YarnconvError(
+            f"{view.model_type} runs custom modeling code ({auto_map.get('AutoModelForCausalLM', 'auto_map')}) that transformers does not ship; "
+            "yarnconv cannot tell whether it implements YaRN",
+            "check the repo's modeling code, then pass --force to write the config anyway",
+        )
     if view.nested and set(view.layer_ropes) - {"full_attention", "sliding_attention"}:
         raise YarnconvError(
             f"per-layer-type rope_parameters for {', '.join(sorted(view.layer_ropes))} are not supported by extend",

@@ -20,8 +20,14 @@ from yarnconv.config import ConfigView, read_config
 # Families whose llama.cpp converter class writes no HF rope scaling at all (conversion/*.py:
 # set_gguf_parameters without the generic TextModel path).
 LLAMA_CPP_IGNORES_SCALING = {"gpt_neox", "falcon", "stablelm", "phi", "gemma", "gemma2", "chatglm", "minicpm3"}
-# Keys a rope block may carry per method, as the runtimes read them.
-_SCALED = ("linear", "dynamic", "yarn", "llama3", "longrope")
+# transformers 4.x's built-in DeepSeek-V2 attention leaves the MLA softmax mscale out (measured on
+# 4.57.1; DeepSeek's own code and transformers 5 apply it).
+MLA_SOFTMAX_DROPPED_IN_V4 = {"deepseek_v2"}
+# Text model types exllamav2 can load at all (exllamav2/architecture.py); others get no verdict.
+EXLLAMAV2_MODEL_TYPES = {
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3_text", "starcoder2",
+    "cohere", "internlm2", "minicpm", "phi3", "granite", "exaone", "qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text",
+}  # fmt: skip
 
 
 @dataclass
@@ -33,6 +39,21 @@ class RuntimeReading:
     max_context: int | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    softmax_multiplier: float = 1.0  # MLA: g(s, mscale_all_dim)^2 on the attention softmax scale (yarn-math F9)
+
+
+def mla_softmax_multiplier(view: ConfigView, spec: rope.RopeSpec) -> float:
+    """What an MLA model multiplies its softmax scale by under YaRN; 1 for everything else."""
+    if view.is_mla and spec.method == "yarn" and spec.mscale_all_dim:
+        return rope.mscale(float(spec.factor or 1.0), spec.mscale_all_dim) ** 2
+    return 1.0
+
+
+def _with_softmax(view: ConfigView, out: RuntimeReading) -> RuntimeReading:
+    main = out.specs.get("full_attention") or out.specs.get("all")
+    if main is not None:
+        out.softmax_multiplier = mla_softmax_multiplier(view, main)
+    return out
 
 
 def _kind(block: dict[str, Any], *, v5: bool) -> str:
@@ -105,7 +126,17 @@ def _top(view: ConfigView, key: str) -> Any:
 
 def _hf4(variant: str) -> Callable[[ConfigView], RuntimeReading]:
     def read(view: ConfigView) -> RuntimeReading:
+        out = _read(view)
+        if view.model_type in MLA_SOFTMAX_DROPPED_IN_V4 and out.softmax_multiplier != 1.0:
+            out.softmax_multiplier = 1.0
+            out.notes.append("the 4.x DeepSeek-V2 attention drops the YaRN softmax mscale (transformers >= 5 applies it)")
+        return out
+
+    def _read(view: ConfigView) -> RuntimeReading:
         out = RuntimeReading(f"transformers {variant}")
+        if view.model_type in families.CUSTOM_CODE_ONLY:
+            out.error = f"unsupported: {view.model_type} loads only with trust_remote_code (the repo's own modeling code)"
+            return out
         text = view.text
         block = dict(text.get("rope_scaling") or {})
         theta = _top(view, "rope_theta")
@@ -143,7 +174,7 @@ def _hf4(variant: str) -> Callable[[ConfigView], RuntimeReading]:
                 return out
             spec = _spec(view, kind, block, theta, rho, original_context=original or mpe)
         out.specs = _layered(view, spec, rho)
-        return out
+        return _with_softmax(view, out)
 
     return read
 
@@ -183,6 +214,9 @@ def _v5_blocks(view: ConfigView, out: RuntimeReading) -> dict[str, tuple[dict[st
 def hf5(view: ConfigView, name: str = "transformers 5.x") -> RuntimeReading:
     """transformers 5.x: rope_scaling wins over rope_parameters; a top-level original length overrides."""
     out = RuntimeReading(name)
+    if view.model_type in families.CUSTOM_CODE_ONLY:
+        out.error = f"unsupported: {view.model_type} loads only with trust_remote_code (the repo's own modeling code)"
+        return out
     blocks = _v5_blocks(view, out)
     for lt, (block, theta, rho) in blocks.items():
         kind = _kind(block, v5=True)
@@ -201,7 +235,7 @@ def hf5(view: ConfigView, name: str = "transformers 5.x") -> RuntimeReading:
         out.specs[lt] = _spec(view, kind, block, theta, rho)
     if view.layer_ropes and "all" in out.specs:
         out.specs = {"full_attention": out.specs["all"]}
-    return out
+    return _with_softmax(view, out)
 
 
 def vllm(view: ConfigView) -> RuntimeReading:
@@ -233,10 +267,10 @@ def llama_cpp(view: ConfigView) -> RuntimeReading:
     several converter classes (GPT-NeoX, Falcon, StableLM, Gemma 1/2, ...) write no scaling.
     """
     out = RuntimeReading("llama.cpp", max_context=view.max_position)
-    if view.model_type in families.REFUSED_MODEL_TYPES:
+    blocks = _v5_blocks(view, out)
+    if view.model_type in families.REFUSED_MODEL_TYPES and any(_kind(b, v5=True) not in ("default", "longrope") for b, _, _ in blocks.values()):
         out.error = "the Phi-3 converter accepts only longrope/su scaling"
         return out
-    blocks = _v5_blocks(view, out)
     ignores = view.model_type in LLAMA_CPP_IGNORES_SCALING
     for lt, (block, theta, rho) in blocks.items():
         kind = _kind(block, v5=True)
@@ -268,7 +302,7 @@ def llama_cpp(view: ConfigView) -> RuntimeReading:
         )
     if view.layer_ropes and "all" in out.specs:
         out.specs = {"full_attention": out.specs["all"]}
-    return out
+    return _with_softmax(view, out)
 
 
 def exllamav2(view: ConfigView) -> RuntimeReading:
@@ -276,16 +310,19 @@ def exllamav2(view: ConfigView) -> RuntimeReading:
     from max_seq_len instead of the original length, betas 32/1, whole-head rotation, g(s);
     llama3 by `rope_type`, longrope by `type` su/longrope, linear by `type`."""
     out = RuntimeReading("exllamav2")
+    if view.model_type not in EXLLAMAV2_MODEL_TYPES:
+        out.error = f"unsupported: exllamav2 has no {view.model_type} architecture"
+        return out
     text = view.text
     block = dict(text.get("rope_scaling") or {})
     theta = float(text.get("rope_theta", 10000.0))
     mpe = text.get("max_position_embeddings") or view.max_position
     out.max_context = mpe
     if block.get("rope_type") == "llama3":
-        out.specs = {"all": _spec(view, "llama3", block, theta, None)}
+        out.specs = _layered(view, _spec(view, "llama3", block, theta, None), None)
         return out
     if block.get("type") in ("su", "longrope", "linear"):
-        out.specs = {"all": _spec(view, _kind({"type": block["type"]}, v5=False), block, theta, None)}
+        out.specs = _layered(view, _spec(view, _kind({"type": block["type"]}, v5=False), block, theta, None), None)
         return out
     if "type" in block and "rope_type" in block and block.get("type") == "yarn":
         out.error = "both `type` and `rope_type`: assertion error (use --schema exllamav2)"
@@ -295,7 +332,7 @@ def exllamav2(view: ConfigView) -> RuntimeReading:
             out.notes.append("`rope_type` without `type`: YaRN silently off")
         elif block.get("rope_type") not in (None, "default"):
             out.notes.append(f"rope_type {block.get('rope_type')!r} is not read: plain RoPE")
-        out.specs = {"all": rope.RopeSpec(method="default", base=theta, dim=view.rope_head_dim or 0)}
+        out.specs = _layered(view, rope.RopeSpec(method="default", base=theta, dim=view.rope_head_dim or 0), None)
         return out
     if block.get("original_max_position_embeddings") is None:
         out.error = "YaRN without original_max_position_embeddings: KeyError"
@@ -304,12 +341,11 @@ def exllamav2(view: ConfigView) -> RuntimeReading:
     rho = text.get("partial_rotary_factor")
     if rho not in (None, 1, 1.0):
         out.notes.append("partial_rotary_factor ignored (rotates the whole head)")
-    out.specs = {
-        "all": _spec(
-            view, "yarn", block, theta, None, original_context=mpe, beta_fast=None, beta_slow=None, truncate=True,
-            attention_factor=None, mscale=None, mscale_all_dim=None,
-        )
-    }  # fmt: skip
+    spec = _spec(
+        view, "yarn", block, theta, None, original_context=mpe, beta_fast=None, beta_slow=None, truncate=True,
+        attention_factor=None, mscale=None, mscale_all_dim=None,
+    )  # fmt: skip
+    out.specs = _layered(view, spec, None)
     return out
 
 
@@ -358,7 +394,8 @@ def compare(view: ConfigView, references: dict[str, rope.RopeSpec]) -> list[dict
         r = reading(view, name)
         row: dict[str, Any] = {"runtime": name, "notes": r.notes, "max_context": r.max_context}
         if r.error:
-            rows.append({**row, "method": "error", "verdict": "fails", "error": r.error})
+            verdict = "unsupported" if r.error.startswith("unsupported") else "fails"
+            rows.append({**row, "method": "error", "verdict": verdict, "error": r.error})
             continue
         layers: dict[str, Any] = {}
         try:
@@ -371,7 +408,12 @@ def compare(view: ConfigView, references: dict[str, rope.RopeSpec]) -> list[dict
             rows.append({**row, "method": "error", "verdict": "fails", "error": str(exc)})
             continue
         main = layers.get("full_attention") or layers.get("all") or next(iter(layers.values()))
+        want_softmax = mla_softmax_multiplier(view, references.get("full_attention") or references.get("all") or next(iter(references.values())))
         verdict = "same" if all(v["verdict"] == "same" for v in layers.values()) else "differs"
+        if abs(r.softmax_multiplier - want_softmax) > 1e-7:
+            verdict = "differs"
+        if view.is_mla:
+            row["softmax_multiplier"] = r.softmax_multiplier
         diff = max(v["inv_freq_max_rel_diff"] for v in layers.values())
         rows.append({**row, **main, "inv_freq_max_rel_diff": diff, "verdict": verdict, "layers": layers})
     return rows
