@@ -90,7 +90,7 @@ def extend(
             files.append({"path": rel.as_posix(), "action": action, "bytes": size})
             bar.update(size)
         if precompute_inv_freq:
-            write_sidecar(tmp / SIDECAR, plan.after, plan.head_dim, plan.config, num_layers=plan.num_layers)
+            write_sidecar(tmp / SIDECAR, plan)
             files.append({"path": SIDECAR, "action": "written"})
         record = _record(src, raw, plan, request, files, link)
         previous = src.path / RECORD
@@ -115,35 +115,45 @@ def _retarget_tokenizer(src: Path, dst: Path, plan: ExtendPlan) -> bool:
     return True
 
 
-def write_sidecar(path: Path, block: RopeBlock, head_dim: int, config: dict[str, Any], *, num_layers: int) -> dict[str, Any]:
+def write_sidecar(path: Path, plan: ExtendPlan) -> dict[str, Any]:
     """Precomputed inverse frequencies + attention factor, for runtimes that take buffers.
 
-    ``inv_freq`` is float32 and bit-identical to what transformers builds; ``inv_freq_float64``
-    is the exact value; ``attention_scaling`` is the cos/sin multiplier. Per-layer copies use
-    the pre-4.36 transformers buffer names.
+    ``inv_freq`` is float32 and bit-identical to what transformers builds for the (full-attention)
+    layers YaRN applies to; ``inv_freq_float64`` is the exact value; ``attention_scaling`` is the
+    cos/sin multiplier. Models whose sliding layers keep their own base (Gemma 3) also get
+    ``{layer_type}.inv_freq`` / ``{layer_type}.attention_scaling``, and the per-layer copies under
+    the pre-4.36 transformers buffer names carry each layer's own frequencies.
     """
     import torch
     from safetensors.torch import save_file
 
-    spec = block.spec(head_dim)
-    exact = rope.compute(spec)
-    f32 = rope.compute(spec, precision="float32")
-    inv = torch.tensor(f32.inv_freq, dtype=torch.float32)
-    tensors = {
-        "inv_freq": inv,
-        "inv_freq_float64": torch.tensor(exact.inv_freq, dtype=torch.float64),
-        "attention_scaling": torch.tensor([exact.attention_factor], dtype=torch.float32),
-    }
-    for i in range(num_layers):
-        tensors[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = inv.clone()
+    def buffers(block: RopeBlock) -> tuple[Any, Any, float]:
+        spec = block.spec(plan.head_dim)
+        exact, f32 = rope.compute(spec), rope.compute(spec, precision="float32")
+        return torch.tensor(f32.inv_freq, dtype=torch.float32), torch.tensor(exact.inv_freq, dtype=torch.float64), exact.attention_factor
+
+    inv, inv64, a = buffers(plan.after)
+    tensors = {"inv_freq": inv, "inv_freq_float64": inv64, "attention_scaling": torch.tensor([a], dtype=torch.float32)}
+    per_type = {}
+    for lt, block in plan.layer_ropes.items():
+        lt_inv, lt_inv64, lt_a = buffers(plan.after if lt == "full_attention" else block)
+        per_type[lt] = lt_inv
+        tensors[f"{lt}.inv_freq"], tensors[f"{lt}.inv_freq_float64"] = lt_inv, lt_inv64
+        tensors[f"{lt}.attention_scaling"] = torch.tensor([lt_a], dtype=torch.float32)
+    for i in range(plan.num_layers):
+        lt = plan.layer_types[i] if i < len(plan.layer_types) else None
+        tensors[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = per_type.get(lt or "", inv).clone()
+    spec = plan.after.spec(plan.head_dim)
     meta = {
         "format": "pt",
         "yarnconv_version": __version__,
-        "rope": json.dumps(block.to_dict(), sort_keys=True),
+        "rope": json.dumps(plan.after.to_dict(), sort_keys=True),
         "rotary_dim": str(spec.dim),
-        "attention_factor": repr(exact.attention_factor),
-        "max_position_embeddings": str(config.get("max_position_embeddings", "")),
+        "attention_factor": repr(a),
+        "max_position_embeddings": str(plan.max_position_after),
     }
+    if plan.layer_ropes:
+        meta["layer_ropes"] = json.dumps({lt: b.to_dict() for lt, b in plan.layer_ropes.items()}, sort_keys=True)
     save_file(tensors, str(path), metadata=meta)
     return meta
 

@@ -21,7 +21,7 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     "qwen2": {"max_position_embeddings": 32768, "num_attention_heads": 32, "hidden_size": 4096, "rope_theta": 10000.0},
     "qwen2_moe": {"max_position_embeddings": 32768, "num_attention_heads": 16, "hidden_size": 2048, "rope_theta": 10000.0},
     "qwen3": {"head_dim": 128, "max_position_embeddings": 32768, "num_attention_heads": 32, "hidden_size": 4096, "rope_theta": 10000.0},
-    "qwen3_moe": {"head_dim": 128, "max_position_embeddings": 32768, "num_attention_heads": 32, "hidden_size": 2048, "num_key_value_heads": 4, "rope_theta": 10000.0},
+    "qwen3_moe": {"max_position_embeddings": 32768, "num_attention_heads": 32, "hidden_size": 2048, "num_key_value_heads": 4, "rope_theta": 10000.0},
     "gemma": {"head_dim": 256, "max_position_embeddings": 8192, "num_attention_heads": 16, "hidden_size": 3072, "rope_theta": 10000.0},
     "gemma2": {"head_dim": 256, "max_position_embeddings": 8192, "num_attention_heads": 8, "hidden_size": 2304, "num_key_value_heads": 4, "rope_theta": 10000.0},
     "gemma3_text": {"head_dim": 256, "max_position_embeddings": 131072, "num_attention_heads": 8, "hidden_size": 2304, "num_key_value_heads": 4, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "num_hidden_layers": 26},

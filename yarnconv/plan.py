@@ -51,6 +51,8 @@ class ExtendPlan:
     num_layers: int
     notes: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    layer_ropes: dict[str, RopeBlock] = field(default_factory=dict)  # per layer type, when they differ (Gemma 3)
+    layer_types: list[str] = field(default_factory=list)  # the type of each layer, when known
 
     def summary(self) -> dict[str, Any]:
         """Machine-readable description of the change."""
@@ -142,6 +144,18 @@ def _factor_and_length(req: ExtendRequest, original: int, current: int | None) -
             f"ask for at least {current} tokens",
         )
     return factor, length
+
+
+def layer_types(view: ConfigView) -> list[str]:
+    """Each layer's attention type, from ``layer_types`` or Gemma 3's sliding-window pattern."""
+    text, n = view.resolved, view.num_layers or 0
+    listed = text.get("layer_types")
+    if isinstance(listed, list) and len(listed) == n and all(isinstance(t, str) for t in listed):
+        return list(listed)
+    if view.layer_ropes and n:
+        pattern = text.get("sliding_window_pattern") or text.get("_sliding_window_pattern") or 6
+        return ["full_attention" if (i + 1) % int(pattern) == 0 else "sliding_attention" for i in range(n)]
+    return []
 
 
 def _check_length(length: int) -> None:
@@ -274,8 +288,9 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
         notes.append(f"YaRN applies to the full-attention layers; sliding-window layers keep theta {view.layer_ropes['sliding_attention'].theta:g}")
     after_view = read_config(new)
     plan = ExtendPlan(
-        new, before, after, view.max_position, length, source, view.rope_head_dim, view.num_layers or 0, notes, after_view.findings
-    )
+        new, before, after, view.max_position, length, source, view.rope_head_dim, view.num_layers or 0, notes, after_view.findings,
+        layer_ropes=after_view.layer_ropes, layer_types=layer_types(after_view),
+    )  # fmt: skip
     # Self-check: the written config must read back as exactly the planned block.
     if replace(after_view.rope, extra={}) != replace(after, extra={}) or after_view.rotary_dim != view.rotary_dim:
         raise AssertionError(f"yarnconv bug: planned {after} but the written config reads {after_view.rope}")
