@@ -152,7 +152,21 @@ def _corrupt(kind: str, src: Path) -> list[str]:
     elif kind == "no-weights":
         for p in src.glob("*.safetensors*"):
             p.unlink()
+    elif kind in SAFETENSORS_DAMAGE:
+        _rewrite_header(shard, kind)
+    elif kind == "nested-json":
+        (src / "config.json").write_text("[" * 100000 + "]" * 100000)
+    elif kind == "list-dtype":
+        cfg = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**cfg, "torch_dtype": ["float32"], "rope_theta": -1.0}))
+    elif kind == "negative-theta":
+        cfg = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps({**cfg, "rope_theta": -10000.0}))
+    elif kind == "shard-is-a-directory":
+        shard.unlink()
+        shard.mkdir()
     return {
+        "original-far-above": ["--scale", "2", "--original-context", "1000000000"],
         "factor-below-one": ["--scale", "0.5"],
         "factor-nan": ["--scale", "nan"],
         "target-below-current": ["--target-context", "2048"],
@@ -160,10 +174,52 @@ def _corrupt(kind: str, src: Path) -> list[str]:
     }.get(kind, ["--scale", "2"])
 
 
+# Headers the safetensors library itself rejects (each checked against safe_open below).
+SAFETENSORS_DAMAGE = [
+    "overlapping-offsets", "hole-between-tensors", "trailing-bytes", "header-length-minus-one", "header-length-plus-one",
+    "unknown-dtype", "string-offsets", "float-offsets", "non-string-metadata", "duplicate-tensor-key",
+]  # fmt: skip
+
+
+def _rewrite_header(shard: Path, kind: str) -> None:
+    """Re-encode ``shard``'s header with one defect, keeping its data bytes."""
+    data = shard.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header, body = json.loads(data[8 : 8 + n]), data[8 + n :]
+    names = [k for k in header if k != "__metadata__"]
+    first, second = header[names[0]], header[names[1]]
+    raw = None
+    if kind == "overlapping-offsets":
+        second["data_offsets"] = list(first["data_offsets"])
+    elif kind == "hole-between-tensors":
+        for entry in header.values():
+            if isinstance(entry, dict) and "data_offsets" in entry and entry["data_offsets"][0] > 0:
+                entry["data_offsets"] = [o + 4 for o in entry["data_offsets"]]
+        body = body + b"\0" * 4
+    elif kind == "trailing-bytes":
+        body = body + b"\0" * 16
+    elif kind == "unknown-dtype":
+        first["dtype"] = "F33"
+    elif kind == "string-offsets":
+        first["data_offsets"] = [str(o) for o in first["data_offsets"]]
+    elif kind == "float-offsets":
+        first["data_offsets"] = [float(o) for o in first["data_offsets"]]
+    elif kind == "non-string-metadata":
+        header["__metadata__"] = {"format": "pt", "step": 3}
+    elif kind == "duplicate-tensor-key":
+        text = json.dumps(header)
+        raw = (text[:-1] + ", " + json.dumps(names[0]) + ": " + json.dumps(first) + "}").encode()
+    raw = raw or json.dumps(header).encode()
+    length = len(raw) + {"header-length-minus-one": -1, "header-length-plus-one": 1}.get(kind, 0)
+    shard.write_bytes(struct.pack("<Q", length) + raw + body)
+
+
+USAGE = {"scale-and-target"}
 BAD = [
     "missing-config", "invalid-config", "truncated-shard", "garbled-header", "absurd-header-length",
     "index-missing-shard", "unsupported-model", "no-weights", "factor-below-one", "factor-nan",
-    "target-below-current", "scale-and-target",
+    "target-below-current", "scale-and-target", "nested-json", "list-dtype", "negative-theta",
+    "original-far-above", "shard-is-a-directory", *SAFETENSORS_DAMAGE,
 ]  # fmt: skip
 
 
@@ -174,10 +230,18 @@ def test_bad_input_one_line_error_no_output(tmp_path: Path, kind: str) -> None:
     before = tree_hashes(src)
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["extend", str(src), "-o", str(out), *args])
-    assert result.exit_code == 1, (kind, result.output)
+    assert result.exit_code == (2 if kind in USAGE else 1), (kind, result.output)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    if kind in SAFETENSORS_DAMAGE and kind != "duplicate-tensor-key":  # safetensors silently keeps the last duplicate
+        from safetensors import SafetensorError, safe_open
+
+        with pytest.raises(SafetensorError):  # the reference reader refuses it too
+            with safe_open(src / "model-00001-of-00002.safetensors", "numpy") as f:
+                list(f.keys())
+        inspected = CliRunner().invoke(main, ["inspect", str(src)])
+        assert inspected.exit_code == 1 and inspected.stderr.startswith("Error: "), inspected.output
     assert not out.exists() and not list(tmp_path.glob(".yarnconv-*"))
     assert tree_hashes(src) == before
 
@@ -203,3 +267,55 @@ def test_python_api_matches_cli(tmp_path: Path, llama_dir: Path) -> None:
     record = extend(llama_dir, tmp_path / "api", ExtendRequest(scale=8.0), progress=False)
     assert record["max_position_embeddings"]["after"] == 32768
     assert inspect_model(tmp_path / "api")["rope"]["factor"] == 8.0
+
+
+def test_fuzzed_safetensors_headers_are_never_accepted_when_safetensors_refuses(tmp_path: Path) -> None:
+    """Random edits of a real header: whenever the safetensors library refuses the file, so does
+    yarnconv (with a one-line YarnconvError, never another exception)."""
+    import random
+
+    import torch
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import save_file
+
+    from yarnconv.checkpoint import read_safetensors_header
+    from yarnconv.errors import YarnconvError
+
+    good = tmp_path / "good.safetensors"
+    save_file({"a": torch.zeros(3, 4), "b": torch.ones(5, dtype=torch.bfloat16), "c": torch.zeros(2, dtype=torch.int64)}, str(good), metadata={"format": "pt"})
+    data = good.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = data[8 : 8 + n]
+    rng = random.Random(1234)
+    tokens = [b"0", b"1", b"4", b"-1", b"1.0", b'"0"', b"null", b"true", b"[]", b"{}", b'"F33"', b'"F32"', b'"I64"', b",", b":", b"]", b"}"]
+    path = tmp_path / "fuzz.safetensors"
+    refused_by_reference = 0
+    for _ in range(400):
+        h, body, length = bytearray(header), bytearray(data[8 + n :]), None
+        for _ in range(rng.randint(1, 3)):
+            op = rng.randrange(5)
+            i = rng.randrange(len(h))
+            if op == 0:
+                h[i : i + rng.randint(1, 3)] = rng.choice(tokens)
+            elif op == 1:
+                h[i] = rng.randrange(32, 127)
+            elif op == 2:
+                body += bytes(rng.randint(1, 8))
+            elif op == 3 and len(body) > 1:
+                del body[-rng.randint(1, min(8, len(body))) :]
+            else:
+                length = len(h) + rng.choice([-2, -1, 1, 2])
+        path.write_bytes(struct.pack("<Q", length if length is not None else len(h)) + bytes(h) + bytes(body))
+        try:
+            with safe_open(path, "numpy") as f:
+                list(f.keys())
+            reference_ok = True
+        except SafetensorError:
+            reference_ok, refused_by_reference = False, refused_by_reference + 1
+        try:
+            read_safetensors_header(path)
+            ours_ok = True
+        except YarnconvError:
+            ours_ok = False
+        assert ours_ok <= reference_ok, bytes(h)
+    assert refused_by_reference > 100  # the fuzzing reached real defects

@@ -14,3 +14,7 @@ class YarnconvError(Exception):
         """Problem and fix on a single line, for the CLI and logs."""
         text = str(self)
         return f"{text} ({self.hint})" if self.hint else text
+
+
+class UsageError(YarnconvError):
+    """Flags that contradict each other or do not apply: the CLI reports these with exit code 2."""

@@ -34,7 +34,19 @@ from gguf.metadata import Metadata
 from gguf.utility import naming_convention, size_label
 
 from yarnconv import __version__
-from yarnconv.checkpoint import CONFIG, TensorInfo, progress_bar, read_json, scan_weights
+from yarnconv.checkpoint import (
+    CONFIG,
+    TensorInfo,
+    check_writable_parent,
+    made_dirs,
+    progress_bar,
+    read_json,
+    remove_empty,
+    require_space,
+    scan_weights,
+    scratch_path,
+    sweep_stale,
+)
 from yarnconv.config import RopeBlock, read_config
 from yarnconv.errors import YarnconvError
 from yarnconv.gguf_file import PAD_KEY, RESERVE, read_header
@@ -350,6 +362,9 @@ def export_gguf(
     out = Path(output)
     if out.is_dir() or str(output).endswith(os.sep) or out.suffix != ".gguf":
         out = out / default_filename(plan)
+    if out.absolute().parent.resolve() == root.resolve() or root.resolve() in out.absolute().resolve().parents:
+        raise YarnconvError(f"the output {out} would be written into the input checkpoint {root}", "choose an -o outside the model directory")
+    check_writable_parent(out)
     record: dict[str, Any] = {"source": str(root), **plan.summary()}
     w = GGUFWriter(None, plan.arch, split_max_size=split_max_size)
     w.add_name(label)
@@ -374,11 +389,14 @@ def export_gguf(
             raise YarnconvError(f"{p} already exists", "choose another -o or pass --force")
     if dry_run:
         return record
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = out.parent / f".yarnconv-export-{os.getpid()}"
-    scratch.mkdir()
+    created = made_dirs(out.parent)
     fds: dict[Path, int] = {}
+    scratch = scratch_path(out.parent, "export")
+    ok = False
     try:
+        sweep_stale(out.parent)
+        require_space(out.parent, sum(t.nbytes for t in plan.tensors) + 2 * RESERVE, "the GGUF file")
+        scratch.mkdir()
         w.open_output_file(scratch / out.name)
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -396,10 +414,13 @@ def export_gguf(
             read_header(scratch / p.name)  # re-read what was written before it gets its final name
         for p in names[1:] + names[:1]:  # the first shard last: it is what users open
             os.replace(scratch / p.name, p)
+        ok = True
     finally:
         for fd in fds.values():
             os.close(fd)
         shutil.rmtree(scratch, ignore_errors=True)
+        if not ok:
+            remove_empty(created)
     return record
 
 

@@ -14,14 +14,24 @@ For split sets only the first shard carries metadata; the other shards are linke
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yarnconv.checkpoint import place_file, progress_bar
-from yarnconv.errors import YarnconvError
+from yarnconv.checkpoint import (
+    check_writable_parent,
+    made_dirs,
+    place_file,
+    progress_bar,
+    remove_empty,
+    require_space,
+    scratch_path,
+    sweep_stale,
+)
+from yarnconv.errors import UsageError, YarnconvError
 from yarnconv.gguf_file import MAGIC, PAD_KEY, PAD_MIN, RESERVE, SHARD_RE, GGUFHeader, encode_kv, pad_kv, read_header, shard_paths
 from yarnconv.gguf_rope import NO_ROPE_ARCHS, SPECIAL_YARN_ARCHS, KeyPlan, llama_cpp_flags, plan_keys, pseudo_config, read_rope
 from yarnconv.plan import ExtendPlan, ExtendRequest, plan_extend
@@ -159,6 +169,8 @@ def patch(
 ) -> dict[str, Any]:
     """Patch ``source`` into ``output`` (or in place); returns a machine-readable record."""
     src = Path(source)
+    if in_place and not dry_run:
+        _recover_in_place(src)
     header = read_header(src)
     pp = plan_patch(header, request)
     with open(src, "rb") as f:
@@ -168,7 +180,7 @@ def patch(
     record: dict[str, Any] = {"source": str(src), "shards": len(shards), "dry_run": dry_run, **pp.summary()}
     if in_place:
         if output is not None:
-            raise YarnconvError("--in-place and -o are exclusive", "drop one of them")
+            raise UsageError("--in-place and -o are exclusive", "drop one of them")
         new = fit_in_place(header, kv_bytes, infos, n_kv)
         if new is None:
             need = len(kv_bytes) + len(infos) + 24 - header.data_offset
@@ -181,7 +193,7 @@ def patch(
             _write_in_place(src, header, new)
         return record
     if output is None:
-        raise YarnconvError("no output given", "pass -o NEW.gguf, or --in-place to edit the file itself")
+        raise UsageError("no output given", "pass -o NEW.gguf, or --in-place to edit the file itself")
     target = Path(output)
     if target.is_dir() or str(output).endswith(os.sep):
         target = target / src.name
@@ -191,15 +203,27 @@ def patch(
             raise YarnconvError(f"{d} is the input file", "use --in-place to edit it, or choose another -o")
         if d.exists() and not force_output:
             raise YarnconvError(f"{d} already exists", "choose another -o or pass --force")
+        if d.is_dir():
+            raise YarnconvError(f"{d} is a directory", "choose a file name for -o")
+        check_writable_parent(d)
     new = fresh_header(header, kv_bytes, infos, n_kv)
     record.update(mode="rewrite", output=str(dst_paths[0]), outputs=[str(p) for p in dst_paths], header_bytes=len(new))
     if not dry_run:
-        dst_paths[0].parent.mkdir(parents=True, exist_ok=True)
-        for s, d in list(zip(shards, dst_paths, strict=True))[1:]:
-            tmp = _tmp(d)
-            record.setdefault("shard_actions", []).append(place_file(s, tmp, link))
-            os.replace(tmp, d)
-        _rewrite(src, header, new, dst_paths[0], progress)
+        created = made_dirs(dst_paths[0].parent)
+        try:
+            sweep_stale(dst_paths[0].parent)
+            require_space(dst_paths[0].parent, len(new) + header.size - header.data_offset, "the patched file")
+            for s, d in list(zip(shards, dst_paths, strict=True))[1:]:
+                tmp = scratch_path(d.parent, "part", ".gguf")
+                try:
+                    record.setdefault("shard_actions", []).append(place_file(s, tmp, link))
+                    os.replace(tmp, d)
+                finally:
+                    tmp.unlink(missing_ok=True)
+            _rewrite(src, header, new, dst_paths[0], progress)
+        except BaseException:
+            remove_empty(created)
+            raise
     return record
 
 
@@ -226,10 +250,6 @@ def _output_paths(output: Path, shards: list[Path]) -> list[Path]:
     return [output.with_name(f"{stem}-{i:05d}-of-{len(shards):05d}.gguf") for i in range(1, len(shards) + 1)]
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.yarnconv-{os.getpid()}.tmp")
-
-
 def _copy_range(fin: int, fout: int, offset: int, length: int, bar: Any) -> None:
     """Kernel-side copy of ``length`` bytes from ``offset``; falls back to read/write."""
     done = 0
@@ -252,7 +272,7 @@ def _copy_range(fin: int, fout: int, offset: int, length: int, bar: Any) -> None
 
 
 def _rewrite(src: Path, header: GGUFHeader, new_header: bytes, dst: Path, progress: bool) -> None:
-    tmp = _tmp(dst)
+    tmp = scratch_path(dst.parent, "part", ".gguf")
     data_len = header.size - header.data_offset
     try:
         with open(src, "rb") as fin, open(tmp, "wb") as fout, progress_bar(data_len, progress, "patch") as bar:
@@ -273,15 +293,39 @@ def _same_tensors(old: GGUFHeader, new: GGUFHeader) -> None:
         raise AssertionError("yarnconv bug: the patched file's tensor layout differs from the input's")
 
 
+def _backup_path(path: Path) -> Path:
+    """Where the old header waits during an in-place edit (a short name, whatever the file's)."""
+    return path.parent / f".yarnconv-backup-{hashlib.sha1(path.name.encode()).hexdigest()[:12]}"
+
+
+def _recover_in_place(path: Path) -> None:
+    """A backup left by an in-place edit that was killed: keep the file if it reads, else restore."""
+    backup = _backup_path(path)
+    if not backup.is_file():
+        return
+    try:
+        read_header(path)
+    except YarnconvError:
+        old = backup.read_bytes()
+        with open(path, "r+b") as f:
+            os.pwrite(f.fileno(), old, 0)
+            os.fsync(f.fileno())
+    backup.unlink()
+
+
 def _write_in_place(path: Path, header: GGUFHeader, new: bytes) -> None:
     """Overwrite [0, data_offset) after backing it up; restore the backup if the result does not re-read."""
-    backup = path.with_name(f".{path.name}.yarnconv-header-backup")
+    backup = _backup_path(path)
     with open(path, "r+b") as f:
         old = f.read(header.data_offset)
-        with open(backup, "wb") as b:
-            b.write(old)
-            b.flush()
-            os.fsync(b.fileno())
+        try:
+            with open(backup, "wb") as b:
+                b.write(old)
+                b.flush()
+                os.fsync(b.fileno())
+        except BaseException:
+            backup.unlink(missing_ok=True)
+            raise
         try:
             os.pwrite(f.fileno(), new, 0)
             os.fsync(f.fileno())

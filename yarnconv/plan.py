@@ -13,7 +13,7 @@ from typing import Any
 
 from yarnconv import families, rope
 from yarnconv.config import MAX_CONTEXT, ConfigView, Finding, RopeBlock, Schema, positional_scheme, read_config, write_rope
-from yarnconv.errors import YarnconvError
+from yarnconv.errors import UsageError, YarnconvError
 
 # Keys that belong to another scaling method; dropped when --force replaces it with YaRN.
 METHOD_KEYS = {"low_freq_factor", "high_freq_factor", "short_factor", "long_factor"}
@@ -117,7 +117,7 @@ def _original_context(view: ConfigView, req: ExtendRequest, notes: list[str]) ->
 
 def _factor_and_length(req: ExtendRequest, original: int, current: int | None) -> tuple[float, int]:
     if (req.scale is None) == (req.target_context is None):
-        raise YarnconvError("give exactly one of --scale and --target-context", "e.g. --scale 4 or --target-context 131072")
+        raise UsageError("give exactly one of --scale and --target-context", "e.g. --scale 4 or --target-context 131072")
     if req.scale is not None:
         _positive(req.scale, "--scale", above=1.0)
         length = original * req.scale
@@ -169,7 +169,7 @@ def _check_length(length: int) -> None:
 def _attention(req: ExtendRequest, before: RopeBlock, notes: list[str]) -> dict[str, float | None]:
     """Explicit magnitude settings for the new block; existing ones are kept unless overridden."""
     if req.attention_factor is not None and req.temperature is not None:
-        raise YarnconvError("--attention-factor and --temperature set the same thing", "pass only one of them")
+        raise UsageError("--attention-factor and --temperature set the same thing", "pass only one of them")
     if req.temperature is not None:
         _positive(req.temperature, "--temperature")
         return {"attention_factor": rope.attention_factor_from_temperature(req.temperature), "mscale": None, "mscale_all_dim": None}
@@ -273,7 +273,7 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
         )
     else:
         if any(v is not None for v in (req.beta_fast, req.beta_slow, req.attention_factor, req.temperature)):
-            raise YarnconvError(f"betas and attention settings apply to YaRN only, not {req.method}", "drop them or use --method yarn")
+            raise UsageError(f"betas and attention settings apply to YaRN only, not {req.method}", "drop them or use --method yarn")
         after = RopeBlock(
             rope_type=req.method, theta=before.theta, partial_rotary_factor=before.partial_rotary_factor, factor=factor, extra=extra
         )
