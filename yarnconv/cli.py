@@ -98,7 +98,7 @@ def _explicit(ctx: click.Context, names: list[str]) -> list[str]:
 def _reject(ctx: click.Context, names: list[str], route: str) -> None:
     given = _explicit(ctx, names)
     if given:
-        raise click.UsageError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to {route}")
+        raise UsageError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply to {route}", "drop it")
 
 
 def _emit(data: Any, as_json: bool, human: Any) -> None:

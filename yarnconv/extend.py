@@ -26,6 +26,7 @@ from yarnconv.checkpoint import (
     place_file,
     progress_bar,
     read_json,
+    require_space,
     scan_weights,
     walk_files,
     write_json,
@@ -72,7 +73,12 @@ def extend(
         )
     files: list[dict[str, Any]] = []
     rel_paths = [p for p in walk_files(src.path) if p.as_posix() not in (CONFIG, RECORD, SIDECAR)]
-    total = sum((src.path / p).stat().st_size for p in rel_paths)
+    sizes = {p: (src.path / p).stat().st_size for p in rel_paths}
+    total = sum(sizes.values())
+    linked = sum(n for p, n in sizes.items() if is_weight_file(p) or n >= LINK_THRESHOLD)
+    # links need no room; copies (--link copy, or another filesystem) need it all
+    cross_device = out.absolute().parent.exists() and os.stat(out.absolute().parent).st_dev != os.stat(src.path).st_dev
+    require_space(out.absolute().parent, total if link == "copy" or cross_device else total - linked, "the extended checkpoint")
     with atomic_dir(out, force=force) as tmp, progress_bar(total, progress, "extend") as bar:
         write_json(tmp / CONFIG, plan.config)
         files.append({"path": CONFIG, "action": "rewritten"})
