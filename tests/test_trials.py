@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import tiny_config, tree_hashes, write_checkpoint
+from helpers import tiny_config, write_checkpoint
 
 CLI = [sys.executable, "-c", "from yarnconv.cli import main; main()"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
