@@ -428,6 +428,71 @@ def test_corrupt_gguf_gives_one_line_quickly(tmp_path: Path, short_gguf: Path, c
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]
 
 
+def _offset_fields(data: bytes) -> list[tuple[str, int]]:
+    """(name, byte position of its offset field) for every tensor info of a GGUF file."""
+    import struct
+
+    h = read_header_bytes(data)
+    pos, out = h.tensor_info_start, []
+    for _ in h.tensors:
+        (n,) = struct.unpack_from("<Q", data, pos)
+        name = data[pos + 8 : pos + 8 + n].decode()
+        pos += 8 + n
+        (dims,) = struct.unpack_from("<I", data, pos)
+        pos += 4 + 8 * dims + 4
+        out.append((name, pos))
+        pos += 8
+    return out
+
+
+def read_header_bytes(data: bytes) -> object:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".gguf") as f:
+        f.write(data)
+        f.flush()
+        return read_header(f.name)
+
+
+def _layout_damage(good: bytes, case: str) -> bytes:
+    import struct
+
+    fields = _offset_fields(good)
+    data = bytearray(good)
+    (first_off,) = struct.unpack_from("<Q", data, fields[0][1])
+    if case == "aliased offsets":
+        struct.pack_into("<Q", data, fields[1][1], first_off)
+    elif case == "overlapping offsets":
+        (second,) = struct.unpack_from("<Q", data, fields[1][1])
+        struct.pack_into("<Q", data, fields[1][1], second - 32)
+    elif case == "gap between tensors":
+        for _, at in fields[1:]:
+            (off,) = struct.unpack_from("<Q", data, at)
+            struct.pack_into("<Q", data, at, off + 32)
+        data += bytes(32)
+    elif case == "duplicate tensor name":
+        names = [n for n, _ in fields]
+        a = next(n for n in names if n.endswith("attn_q.weight"))
+        b = a.replace("attn_q", "attn_k")
+        i = data.index(b.encode())
+        data[i : i + len(b)] = a.encode()
+    return bytes(data)
+
+
+@pytest.mark.parametrize("case", ["aliased offsets", "overlapping offsets", "gap between tensors", "duplicate tensor name"])
+def test_gguf_layouts_llama_cpp_refuses_are_refused(tmp_path: Path, short_gguf: Path, case: str) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(_layout_damage(short_gguf.read_bytes(), case))
+    with pytest.raises(ValueError):  # llama.cpp itself will not load it
+        llama_cpp.Llama(model_path=str(bad), n_ctx=64, verbose=False)
+    for args in (["inspect", str(bad)], ["extend", str(bad), "--scale", "4", "-o", str(tmp_path / "out.gguf")]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: bad.gguf: not a valid GGUF file"), lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.gguf"]
+
+
 def test_patch_real_q4_1_file_equals_flags(tmp_path: Path) -> None:
     """Any quantization: llama.cpp's own Q4_1 SmolLM2 (8k) patched to 32k reads exactly like the YaRN flags."""
     from yarnconv.sources import builtin_gguf

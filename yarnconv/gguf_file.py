@@ -73,6 +73,7 @@ def ggml_type(type_id: int) -> tuple[str, int, int] | None:
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_NAME = 64  # GGML_MAX_NAME, terminating NUL included
 PAD_KEY = "yarnconv.reserved"  # a string pair that only holds spare header room for in-place edits
 RESERVE = 4096  # header room kept in every file yarnconv writes (the YaRN keys need ~200 bytes)
 SHARD_RE = re.compile(r"^(?P<stem>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -315,6 +316,7 @@ def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFHeader:
         tensors.append(TensorEntry(name, dims, type_id, offset, tensor_nbytes(dims, type_id)))
     tensor_info_end = cur.pos
     data_offset = -(-tensor_info_end // alignment) * alignment
+    _check_layout(path, tensors, alignment)
     for t in tensors:
         if t.offset % alignment or data_offset + t.offset + t.nbytes > size:
             raise _corrupt(
@@ -324,6 +326,23 @@ def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFHeader:
                 else f"tensor {t.name!r} offset {t.offset} is not aligned to {alignment}",
             )
     return GGUFHeader(path, size, version, kvs, tensors, kv_start, tensor_info_start, tensor_info_end, alignment, data_offset, order)
+
+
+def _check_layout(path: Path, tensors: list[TensorEntry], alignment: int) -> None:
+    """llama.cpp's own rules (ggml/src/gguf.cpp): unique names shorter than GGML_MAX_NAME, and
+    tensors laid out back to back in info order, each padded to the alignment (so no offset may
+    alias, overlap or skip over another tensor's bytes)."""
+    seen: set[str] = set()
+    expected = 0
+    for t in tensors:
+        if t.name in seen:
+            raise _corrupt(path, f"duplicate tensor name {t.name!r}")
+        seen.add(t.name)
+        if len(t.name.encode()) >= MAX_NAME:
+            raise _corrupt(path, f"tensor name {t.name[:40]!r}... is {len(t.name.encode())} bytes, llama.cpp allows {MAX_NAME - 1}")
+        if t.offset != expected:
+            raise _corrupt(path, f"tensor {t.name!r} has offset {t.offset}, llama.cpp expects {expected} (tensors must be contiguous)")
+        expected += -(-t.nbytes // alignment) * alignment
 
 
 # ------------------------------------------------------------------------------------ encoding
