@@ -241,6 +241,68 @@ def test_unknown_pre_tokenizer_is_an_error_or_an_explicit_choice(tmp_path: Path,
     assert read_header(tmp_path / "x.gguf").get("tokenizer.ggml.pre") == "qwen2"
 
 
+_PRE_DEFINITIONS = {
+    "gpt-2": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+    "smollm": None,  # SmolLM2's own tokenizer.json
+    "llama-bpe": ("Split", "_LLAMA3"),
+    "qwen2": ("Split", "_QWEN2"),
+    "tekken": ("Split", "_TEKKEN"),
+}
+
+
+@pytest.mark.parametrize("pre", sorted(_PRE_DEFINITIONS))
+def test_every_bpe_pre_tokenizer_route_loads_in_llama_cpp(tmp_path: Path, tokenizer_src: Path, pre: str) -> None:
+    """Each pre-tokenizer yarnconv can name: the exported file loads and tokenizes in llama.cpp."""
+    from yarnconv import gguf_vocab
+
+    src = tiny_with_tokenizer(tmp_path / "src", "llama", tokenizer_src)
+    tok = json.loads((src / "tokenizer.json").read_text())
+    definition = _PRE_DEFINITIONS[pre]
+    if isinstance(definition, tuple):
+        regex = getattr(gguf_vocab, definition[1])
+        definition = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False},
+        ]}  # fmt: skip
+    if definition is not None:
+        tok["pre_tokenizer"] = definition
+        (src / "tokenizer.json").write_text(json.dumps(tok))
+    out = tmp_path / "m.gguf"
+    run_cli("export", str(src), "--gguf", "-o", str(out), "-q")
+    assert read_header(out).get("tokenizer.ggml.pre") == pre
+    llm = llama_cpp.Llama(model_path=str(out), vocab_only=True, verbose=False)
+    assert len(llm.tokenize(b"Hello world 12345, it's a test")) > 3
+    llm.close()
+
+
+def test_sentencepiece_route_loads_in_llama_cpp(tmp_path: Path, converter_python: Path) -> None:
+    from test_crossruntime import _train_spm
+
+    src = write_checkpoint(tmp_path / "src", tiny_config("llama", vocab_size=64), shards=1)
+    _train_spm(converter_python, src)
+    out = tmp_path / "spm.gguf"
+    run_cli("export", str(src), "--gguf", "-o", str(out), "-q")
+    assert read_header(out).get("tokenizer.ggml.model") == "llama"
+    llm = llama_cpp.Llama(model_path=str(out), vocab_only=True, verbose=False)
+    assert len(llm.tokenize(b"the quick brown fox")) > 1
+    llm.close()
+
+
+def test_pre_tokenizer_names_are_llama_cpps(tmp_path: Path, tokenizer_src: Path, converter_python: Path) -> None:
+    """--pre-tokenizer takes only names llama.cpp knows, and that list is the converter's own."""
+    import re
+
+    from yarnconv.gguf_vocab import LLAMA_CPP_PRE
+
+    site = converter_python.parent.parent / "lib"
+    sources = [p for p in site.rglob("*.py") if p.name == "convert_hf_to_gguf.py" or p.parent.name == "conversion"]
+    names = {m for p in sources for m in re.findall(r'res = "([^"]+)"', p.read_text(encoding="utf-8"))}
+    assert names and names <= LLAMA_CPP_PRE
+    src = tiny_with_tokenizer(tmp_path / "src", "llama", tokenizer_src)
+    result = CliRunner().invoke(main, ["export", str(src), "--gguf", "-o", str(tmp_path / "x.gguf"), "--pre-tokenizer", "gpt2"])
+    assert result.exit_code == 1 and "'gpt-2'" in result.stderr
+
+
 def test_unsupported_architecture_is_refused_with_the_patch_route(tmp_path: Path) -> None:
     src = write_checkpoint(tmp_path / "src", {**tiny_config("llama"), "model_type": "gemma", "architectures": ["GemmaForCausalLM"]})
     result = CliRunner().invoke(main, ["export", str(src), "--gguf", "-o", str(tmp_path / "x.gguf")])

