@@ -318,3 +318,31 @@ def test_fuzzed_safetensors_headers_are_never_accepted_when_safetensors_refuses(
             ours_ok = False
         assert ours_ok <= reference_ok, bytes(h)
     assert refused_by_reference > 100  # the fuzzing reached real defects
+
+
+def test_demo_never_passes_a_check_that_did_not_run() -> None:
+    from yarnconv.cli import demo_passed
+
+    rope_ok = {"lengths_match": True, "max_rel_diff_float32": 0.0, "attention_factor_diff": 0.0}
+    assert demo_passed(rope_ok, {"kl_max": 1e-6, "top1_agreement": 1.0})
+    assert not demo_passed(rope_ok, {"skipped": "llama-cpp-python is not installed"})
+    assert not demo_passed(rope_ok, {"kl_max": 0.5, "top1_agreement": 1.0})
+    assert not demo_passed({**rope_ok, "max_rel_diff_float32": 1e-3}, {"kl_max": 1e-6, "top1_agreement": 1.0})
+
+
+def test_mistral_consolidated_file_beside_the_shards_is_not_read(tmp_path: Path) -> None:
+    """A local Mistral download: consolidated.safetensors repeats the weights under other names."""
+    import torch
+    from safetensors.torch import save_file
+
+    src = write_checkpoint(tmp_path / "model", tiny_config("mistral"), shards=2)
+    before = json.loads(run("inspect", src, "--json").stdout)["parameters"]
+    save_file({"tok_embeddings.weight": torch.zeros(128, 64), "layers.0.attention.wq.weight": torch.zeros(64, 64)}, str(src / "consolidated.safetensors"))
+    report = json.loads(run("inspect", src, "--json").stdout)
+    assert report["parameters"] == before
+    assert "consolidated.safetensors" not in report["weight_files"]
+    out = tmp_path / "out"
+    assert run("extend", src, "-o", out, "--scale", "2", "-q").exit_code == 0
+    single = write_checkpoint(tmp_path / "single", tiny_config("mistral"), shards=1)
+    save_file({"tok_embeddings.weight": torch.zeros(128, 64)}, str(single / "consolidated.safetensors"))
+    assert json.loads(run("inspect", single, "--json").stdout)["parameters"] == before

@@ -523,6 +523,15 @@ def export(
 # ------------------------------------------------------------------------------------------ demo
 
 
+def demo_passed(check: dict[str, Any], llama: dict[str, Any]) -> bool:
+    """The demo's verdict: transformers builds yarnconv's buffers exactly and llama.cpp's logits
+    match; a check that did not run (llama-cpp-python missing) is never a pass."""
+    if "kl_max" not in llama:
+        return False
+    rope_ok = check["lengths_match"] and check["max_rel_diff_float32"] == 0 and check["attention_factor_diff"] <= 1e-7
+    return bool(rope_ok and llama["kl_max"] <= 1e-4 and llama["top1_agreement"] >= 0.999)
+
+
 @main.command()
 @click.option("-o", "--output", default="demo-out", show_default=True, type=click.Path(file_okay=False))
 @click.option("--scale", default=4.0, show_default=True, help="YaRN factor for the demo.")
@@ -541,7 +550,6 @@ def demo(output: str, scale: float, as_json: bool) -> None:
     record = run_extend(src, output, ExtendRequest(scale=scale), force=True, precompute_inv_freq=True, progress=not as_json)
     report = inspect_model(output)
     check = compare_with_transformers(output)
-    ok = check["lengths_match"] and check["max_rel_diff_float32"] == 0 and check["attention_factor_diff"] <= 1e-7
     from yarnconv.gguf_export import export_gguf
 
     gguf_path = f"{output.rstrip(os.sep)}.gguf"
@@ -550,10 +558,9 @@ def demo(output: str, scale: float, as_json: bool) -> None:
         from yarnconv.crosscheck import gguf_logits_vs_transformers
 
         llama = gguf_logits_vs_transformers(output, gguf_path)
-        ok = ok and llama["kl_max"] <= 1e-4 and llama["top1_agreement"] >= 0.999
     except ImportError:
         llama = {"skipped": "llama-cpp-python is not installed (pip install llama-cpp-python)"}
-        ok = False  # a check that did not run is not a pass
+    ok = demo_passed(check, llama)
     result = {"extend": record, "inspect": report, "transformers_check": check, "gguf": gguf, "llama_cpp_check": llama, "ok": ok}
     if as_json:
         click.echo(json.dumps(result, indent=2, default=str))

@@ -468,8 +468,12 @@ def lint(view: ConfigView) -> list[Finding]:
                     "rope block has both `type` and `rope_type`: fine for transformers >= 4.44, vLLM and llama.cpp; exllamav2 asserts (use --schema exllamav2 for it)",
                 )
             )
-        elif has_rope_type:
+        elif has_rope_type and block.rope_type == "yarn":
             out.append(Finding("warning", "rope-type-only", "rope block has `rope_type` but no `type`: exllamav2 runs without YaRN"))
+        elif has_rope_type and block.rope_type in ("linear", "longrope", "dynamic"):
+            out.append(
+                Finding("info", "rope-type-only", f"rope block has `rope_type` but no `type`: exllamav2 reads `type`, so it ignores this {block.rope_type} scaling")
+            )
         elif not has_type:
             out.append(Finding("error", "no-type-key", "rope block has neither `type` nor `rope_type`: transformers treats it as unscaled"))
     if view.layout == "rope_parameters" and scaled:

@@ -43,8 +43,8 @@ def compare_with_transformers(model_dir: str | os.PathLike[str]) -> dict[str, An
     """yarnconv's float32 and float64 numbers against what transformers builds."""
     got = transformers_rope(model_dir)
     view = read_config(read_json(Path(model_dir) / CONFIG, CONFIG))
-    assert view.head_dim is not None
-    spec = view.rope.spec(view.head_dim, view.max_position)
+    assert view.rope_head_dim is not None
+    spec = view.rope.spec(view.rope_head_dim, view.max_position)
     exact, f32 = rope.compute(spec), rope.compute(spec, precision="float32")
     ref = got["inv_freq"]
     return {
