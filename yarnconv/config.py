@@ -186,6 +186,8 @@ class ConfigView:
 
 # Text model types of wrappers whose text_config may omit its own model_type.
 WRAPPER_TEXT_TYPES = {"gemma3": "gemma3_text", "qwen2_5_vl": "qwen2_5_vl_text", "qwen2_vl": "qwen2_vl_text", "mistral3": "mistral", "llava": "llama"}
+# "mrope" (Qwen2-VL) names a sectioning of plain RoPE, not a scaling; "su" is LongRoPE's old name.
+TYPE_ALIASES = {"mrope": "default", "su": "longrope"}
 # Upper bounds that keep every runtime's integer types and float math meaningful.
 MAX_CONTEXT = 2**31 - 1
 MAX_THETA = 1e12
@@ -232,8 +234,7 @@ def _selector(block: dict[str, Any], findings: list[Finding]) -> str:
     if not isinstance(kind or legacy or "default", str):
         raise YarnconvError(f"config.json: rope type is {kind or legacy!r}, not a string", "fix the rope block in config.json")
     name = str(kind or legacy or "default")
-    # "mrope" (Qwen2-VL) names a sectioning of plain RoPE, not a scaling; "su" is LongRoPE's old name.
-    return {"mrope": "default", "su": "longrope"}.get(name, name)
+    return TYPE_ALIASES.get(name, name)
 
 
 def _block_from_dict(
@@ -400,6 +401,7 @@ def read_config(raw: Any) -> ConfigView:
     if model_type == "gptj" and head_dim and isinstance(resolved.get("rotary_dim"), int) and block.partial_rotary_factor is None:
         block = replace(block, partial_rotary_factor=resolved["rotary_dim"] / head_dim)
     dtype = text.get("dtype") or text.get("torch_dtype") or raw.get("dtype") or raw.get("torch_dtype")
+    archs = raw.get("architectures") or text.get("architectures") or []
     view = ConfigView(
         raw=raw,
         section=section,
@@ -407,9 +409,7 @@ def read_config(raw: Any) -> ConfigView:
         rope=block,
         nested=nested,
         model_type=model_type,
-        architectures=[a for a in (raw.get("architectures") or text.get("architectures") or []) if isinstance(a, str)]
-        if isinstance(raw.get("architectures") or text.get("architectures") or [], list)
-        else [],
+        architectures=[a for a in archs if isinstance(a, str)] if isinstance(archs, list) else [],
         hidden_size=hidden,
         num_heads=heads,
         num_kv_heads=_int_field(resolved, "num_key_value_heads") or heads,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from yarnconv import families, rope
-from yarnconv.config import ConfigView, read_config
+from yarnconv.config import TYPE_ALIASES, ConfigView, read_config
 
 # Families whose llama.cpp converter class writes no HF rope scaling at all (conversion/*.py:
 # set_gguf_parameters without the generic TextModel path).
@@ -56,9 +56,9 @@ def _with_softmax(view: ConfigView, out: RuntimeReading) -> RuntimeReading:
     return out
 
 
-def _kind(block: dict[str, Any], *, v5: bool) -> str:
-    name = block.get("rope_type", block.get("type", "default")) if v5 else block.get("rope_type", block.get("type", "default"))
-    return {"mrope": "default", "su": "longrope"}.get(str(name), str(name))
+def _kind(block: dict[str, Any]) -> str:
+    name = str(block.get("rope_type", block.get("type", "default")))
+    return TYPE_ALIASES.get(name, name)
 
 
 def _spec(view: ConfigView, kind: str, block: dict[str, Any], theta: float, rho: float | None, **over: Any) -> rope.RopeSpec:
@@ -147,7 +147,7 @@ def _hf4(variant: str) -> Callable[[ConfigView], RuntimeReading]:
         rho = _top(view, "partial_rotary_factor")
         if rho is None:
             rho = families.defaults(view.model_type).get("partial_rotary_factor")
-        kind = _kind(block, v5=False)
+        kind = _kind(block)
         mpe = text.get("max_position_embeddings") or view.max_position
         if view.model_type in families.REFUSED_MODEL_TYPES and kind in ("yarn", "linear", "dynamic", "llama3"):
             out.error = "Phi-3 config class turns the block into longrope: ValueError"
@@ -179,7 +179,7 @@ def _hf4(variant: str) -> Callable[[ConfigView], RuntimeReading]:
     return read
 
 
-def _v5_blocks(view: ConfigView, out: RuntimeReading) -> dict[str, tuple[dict[str, Any], float, float | None]]:
+def _v5_blocks(view: ConfigView) -> dict[str, tuple[dict[str, Any], float, float | None]]:
     """Per layer type: (block, theta, rho) as transformers 5 standardises the config."""
     text = view.text
     scaling, params = text.get("rope_scaling"), text.get("rope_parameters")
@@ -197,7 +197,7 @@ def _v5_blocks(view: ConfigView, out: RuntimeReading) -> dict[str, tuple[dict[st
     local = view.layer_ropes.get("sliding_attention")
     if scaling or not (isinstance(params, dict) and view.nested):
         block = dict(scaling or params or {})
-        if text.get("original_max_position_embeddings") and _kind(block, v5=True) == "yarn":
+        if text.get("original_max_position_embeddings") and _kind(block) == "yarn":
             block["original_max_position_embeddings"] = text["original_max_position_embeddings"]  # D4: top level wins
         main = entry(block, class_theta)
         if local is not None:
@@ -217,9 +217,9 @@ def hf5(view: ConfigView, name: str = "transformers 5.x") -> RuntimeReading:
     if view.model_type in families.CUSTOM_CODE_ONLY:
         out.error = f"unsupported: {view.model_type} loads only with trust_remote_code (the repo's own modeling code)"
         return out
-    blocks = _v5_blocks(view, out)
+    blocks = _v5_blocks(view)
     for lt, (block, theta, rho) in blocks.items():
-        kind = _kind(block, v5=True)
+        kind = _kind(block)
         if view.model_type in families.REFUSED_MODEL_TYPES and kind in ("yarn", "linear", "dynamic", "llama3"):
             out.error = "Phi-3 config class turns the block into longrope: KeyError short_factor/long_factor"
             return out
@@ -243,8 +243,8 @@ def vllm(view: ConfigView) -> RuntimeReading:
     raw = view.text.get("rope_scaling") or view.text.get("rope_parameters") or {}
     if isinstance(raw, dict) and "type" in raw and "rope_type" in raw and raw["type"] != raw["rope_type"]:
         return RuntimeReading("vLLM 0.33", error="type and rope_type conflict: ValueError")
-    for lt, (block, _, _) in _v5_blocks(view, RuntimeReading("")).items():
-        if _kind(block, v5=True) == "yarn":
+    for lt, (block, _, _) in _v5_blocks(view).items():
+        if _kind(block) == "yarn":
             if block.get("factor") is None:
                 return RuntimeReading("vLLM 0.33", error=f"YaRN without factor ({lt}): KeyError")
             for key in ("beta_fast", "beta_slow"):
@@ -267,13 +267,13 @@ def llama_cpp(view: ConfigView) -> RuntimeReading:
     several converter classes (GPT-NeoX, Falcon, StableLM, Gemma 1/2, ...) write no scaling.
     """
     out = RuntimeReading("llama.cpp", max_context=view.max_position)
-    blocks = _v5_blocks(view, out)
-    if view.model_type in families.REFUSED_MODEL_TYPES and any(_kind(b, v5=True) not in ("default", "longrope") for b, _, _ in blocks.values()):
+    blocks = _v5_blocks(view)
+    if view.model_type in families.REFUSED_MODEL_TYPES and any(_kind(b) not in ("default", "longrope") for b, _, _ in blocks.values()):
         out.error = "the Phi-3 converter accepts only longrope/su scaling"
         return out
     ignores = view.model_type in LLAMA_CPP_IGNORES_SCALING
     for lt, (block, theta, rho) in blocks.items():
-        kind = _kind(block, v5=True)
+        kind = _kind(block)
         if ignores and kind != "default":
             out.notes.append(f"the {view.model_type} converter writes no rope scaling: plain RoPE")
             kind, block = "default", {}
@@ -322,7 +322,7 @@ def exllamav2(view: ConfigView) -> RuntimeReading:
         out.specs = _layered(view, _spec(view, "llama3", block, theta, None), None)
         return out
     if block.get("type") in ("su", "longrope", "linear"):
-        out.specs = _layered(view, _spec(view, _kind({"type": block["type"]}, v5=False), block, theta, None), None)
+        out.specs = _layered(view, _spec(view, _kind({"type": block["type"]}), block, theta, None), None)
         return out
     if "type" in block and "rope_type" in block and block.get("type") == "yarn":
         out.error = "both `type` and `rope_type`: assertion error (use --schema exllamav2)"
