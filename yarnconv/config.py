@@ -496,8 +496,9 @@ def lint(view: ConfigView) -> list[Finding]:
                     f"no head_dim: transformers 4.56-4.57's {view.model_type} config keeps None and crashes building the YaRN rotary embedding; write head_dim",
                 )
             )
-        if view.model_type in families.REFUSED_MODEL_TYPES:
-            out.append(Finding("error", "family-rejects-yarn", families.REFUSED_MODEL_TYPES[view.model_type]))
+        refused = families.refusal(view.model_type)
+        if refused:
+            out.append(Finding("error", "family-rejects-yarn", refused))
     elif block.rope_type in ("dynamic-yarn",):
         out.append(
             Finding(

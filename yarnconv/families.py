@@ -67,6 +67,23 @@ REFUSED_MODEL_TYPES = {
 }
 
 
+# Families whose transformers 4.x config class accepts only {type, factor} linear/dynamic scaling
+# (``_rope_scaling_validation``: ValueError on a YaRN block); transformers 5 loads YaRN for them.
+V4_LEGACY_SCALING_ONLY = {"olmo": "OLMo", "olmo2": "OLMo 2", "chameleon": "Chameleon", "fuyu": "Fuyu"}
+
+
+def refusal(model_type: str | None) -> str | None:
+    """Why no YaRN output of this family loads everywhere (None when one does)."""
+    if model_type in REFUSED_MODEL_TYPES:
+        return REFUSED_MODEL_TYPES[model_type]
+    if model_type in V4_LEGACY_SCALING_ONLY:
+        return (
+            f"transformers 4.x's {V4_LEGACY_SCALING_ONLY[model_type]} config class accepts only a linear/dynamic "
+            "{type, factor} rope_scaling (ValueError on YaRN), so only transformers >= 5 would load the output"
+        )
+    return None
+
+
 def defaults(model_type: str | None) -> dict[str, Any]:
     """The class defaults for ``model_type`` (empty for families yarnconv does not know)."""
     return CLASS_DEFAULTS.get(model_type or "", {})

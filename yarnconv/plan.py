@@ -200,9 +200,9 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
             else "YaRN applies to rotary-embedding models only"
         )
         raise YarnconvError(f"{view.model_type or 'this model'} uses {scheme}, not RoPE; there is nothing to rescale", hint)
-    refused = families.REFUSED_MODEL_TYPES.get(view.model_type or "")
+    refused = families.refusal(view.model_type)
     if refused and not req.force:
-        raise YarnconvError(f"{view.model_type}: {refused}", "no output would load; --force writes it anyway")
+        raise YarnconvError(f"{view.model_type}: {refused}", "--force writes it anyway")
     auto_map = view.raw.get("auto_map") or view.text.get("auto_map") or {}
     if view.model_type in families.CUSTOM_CODE_ONLY and isinstance(auto_map, dict) and not req.force:
         raise YarnconvError(

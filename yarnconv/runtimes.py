@@ -152,6 +152,9 @@ def _hf4(variant: str) -> Callable[[ConfigView], RuntimeReading]:
         if view.model_type in families.REFUSED_MODEL_TYPES and kind in ("yarn", "linear", "dynamic", "llama3"):
             out.error = "Phi-3 config class turns the block into longrope: ValueError"
             return out
+        if view.model_type in families.V4_LEGACY_SCALING_ONLY and block and (set(block) != {"type", "factor"} or kind not in ("linear", "dynamic")):
+            out.error = f"the {view.model_type} config class accepts only {{type, factor}} linear/dynamic scaling: ValueError"
+            return out
         if kind != "yarn":
             out.specs = _layered(view, _spec(view, kind, block, theta, rho), rho)
             return out
