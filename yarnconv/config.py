@@ -183,6 +183,13 @@ class ConfigView:
     def is_mla(self) -> bool:
         return self.model_type in families.MLA_MODEL_TYPES
 
+    @property
+    def custom_code_only(self) -> bool:
+        """Only the repo's own modeling code (trust_remote_code) loads this model."""
+        auto_map = self.raw.get("auto_map") or self.text.get("auto_map")
+        builtin = (KNOWN_ROPE_MODEL_TYPES | set(NON_ROPE_MODEL_TYPES)) - families.CUSTOM_CODE_ONLY
+        return families.custom_code_only(self.model_type, auto_map, builtin)
+
 
 # Text model types of wrappers whose text_config may omit its own model_type.
 WRAPPER_TEXT_TYPES = {"gemma3": "gemma3_text", "qwen2_5_vl": "qwen2_5_vl_text", "qwen2_vl": "qwen2_vl_text", "mistral3": "mistral", "llava": "llama"}

@@ -59,11 +59,13 @@ MLA_MODEL_TYPES = {"deepseek_v2", "deepseek_v3", "kimi_k2", "longcat_flash"}
 LOCAL_BASE_KEY = {"gemma3_text": "rope_local_base_freq", "gemma3": "rope_local_base_freq"}
 # Model types that exist only as custom modeling code on the Hub (auto_map), not in transformers:
 # their rotary code is whatever the repo ships, so a YaRN block may be silently ignored.
-CUSTOM_CODE_ONLY = {"internlm", "internlm2", "internlm3", "minicpm", "minicpm3", "baichuan", "chatglm", "qwen", "mpt", "RefinedWeb", "RefinedWebModel"}
+CUSTOM_CODE_ONLY = {"internlm", "internlm2", "internlm3", "minicpm", "minicpm3", "baichuan", "chatglm", "qwen", "RefinedWeb", "RefinedWebModel"}
 # Families no YaRN layout loads in: measured with transformers 4.57.1 and 5.23.
 REFUSED_MODEL_TYPES = {
     "phi3": "transformers' Phi-3 config class rewrites a yarn block as longrope and then refuses it "
     "(4.57: ValueError, 5.x: KeyError short_factor/long_factor), so no YaRN layout loads",
+    "phimoe": "transformers' PhiMoE config class validates every rope block as LongRoPE "
+    "(4.57: TypeError short_mscale, 5.x: validation error), so no YaRN layout loads",
 }
 
 
@@ -82,6 +84,15 @@ def refusal(model_type: str | None) -> str | None:
             "{type, factor} rope_scaling (ValueError on YaRN), so only transformers >= 5 would load the output"
         )
     return None
+
+
+def custom_code_only(model_type: str | None, auto_map: object, builtin: set[str]) -> bool:
+    """True when only the repo's own modeling code can load this config: a model type transformers
+    does not ship, with an ``auto_map`` pointing at the repo's classes (or one known to be such)."""
+    if model_type in CUSTOM_CODE_ONLY:
+        return True
+    ships_code = isinstance(auto_map, dict) and any(k in auto_map for k in ("AutoConfig", "AutoModelForCausalLM"))
+    return ships_code and model_type not in CLASS_DEFAULTS and model_type not in builtin
 
 
 def defaults(model_type: str | None) -> dict[str, Any]:

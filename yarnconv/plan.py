@@ -204,7 +204,8 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
     if refused and not req.force:
         raise YarnconvError(f"{view.model_type}: {refused}", "--force writes it anyway")
     auto_map = view.raw.get("auto_map") or view.text.get("auto_map") or {}
-    if view.model_type in families.CUSTOM_CODE_ONLY and isinstance(auto_map, dict) and not req.force:
+    if view.custom_code_only and not req.force:
+        auto_map = auto_map if isinstance(auto_map, dict) else {}
         raise YarnconvError(
             f"{view.model_type} runs custom modeling code ({auto_map.get('AutoModelForCausalLM', 'auto_map')}) that transformers does not ship; "
             "yarnconv cannot tell whether it implements YaRN",

@@ -134,7 +134,7 @@ def _hf4(variant: str) -> Callable[[ConfigView], RuntimeReading]:
 
     def _read(view: ConfigView) -> RuntimeReading:
         out = RuntimeReading(f"transformers {variant}")
-        if view.model_type in families.CUSTOM_CODE_ONLY:
+        if view.custom_code_only:
             out.error = f"unsupported: {view.model_type} loads only with trust_remote_code (the repo's own modeling code)"
             return out
         text = view.text
@@ -150,7 +150,7 @@ def _hf4(variant: str) -> Callable[[ConfigView], RuntimeReading]:
         kind = _kind(block)
         mpe = text.get("max_position_embeddings") or view.max_position
         if view.model_type in families.REFUSED_MODEL_TYPES and kind in ("yarn", "linear", "dynamic", "llama3"):
-            out.error = "Phi-3 config class turns the block into longrope: ValueError"
+            out.error = f"the {view.model_type} config class refuses the block (it expects LongRoPE): ValueError"
             return out
         if view.model_type in families.V4_LEGACY_SCALING_ONLY and block and (set(block) != {"type", "factor"} or kind not in ("linear", "dynamic")):
             out.error = f"the {view.model_type} config class accepts only {{type, factor}} linear/dynamic scaling: ValueError"
@@ -217,14 +217,14 @@ def _v5_blocks(view: ConfigView) -> dict[str, tuple[dict[str, Any], float, float
 def hf5(view: ConfigView, name: str = "transformers 5.x") -> RuntimeReading:
     """transformers 5.x: rope_scaling wins over rope_parameters; a top-level original length overrides."""
     out = RuntimeReading(name)
-    if view.model_type in families.CUSTOM_CODE_ONLY:
+    if view.custom_code_only:
         out.error = f"unsupported: {view.model_type} loads only with trust_remote_code (the repo's own modeling code)"
         return out
     blocks = _v5_blocks(view)
     for lt, (block, theta, rho) in blocks.items():
         kind = _kind(block)
         if view.model_type in families.REFUSED_MODEL_TYPES and kind in ("yarn", "linear", "dynamic", "llama3"):
-            out.error = "Phi-3 config class turns the block into longrope: KeyError short_factor/long_factor"
+            out.error = f"the {view.model_type} config class refuses the block (it expects LongRoPE factors): KeyError"
             return out
         if kind == "yarn":
             if block.get("original_max_position_embeddings") is None:
@@ -272,7 +272,7 @@ def llama_cpp(view: ConfigView) -> RuntimeReading:
     out = RuntimeReading("llama.cpp", max_context=view.max_position)
     blocks = _v5_blocks(view)
     if view.model_type in families.REFUSED_MODEL_TYPES and any(_kind(b) not in ("default", "longrope") for b, _, _ in blocks.values()):
-        out.error = "the Phi-3 converter accepts only longrope/su scaling"
+        out.error = f"the {view.model_type} converter accepts only longrope/su scaling"
         return out
     ignores = view.model_type in LLAMA_CPP_IGNORES_SCALING
     for lt, (block, theta, rho) in blocks.items():
