@@ -219,12 +219,18 @@ def _read_value(cur: _Cursor, vtype: GGUFValueType, key: str) -> tuple[Any, GGUF
     if sub == GGUFValueType.STRING:
         cur.need(count * 8, f"{key} ({count} strings)")  # each string needs at least its length field
         pos, buf, size, unpack = cur.pos, cur.buf, cur.size, _U64.unpack_from  # hot loop: vocabularies
+        seen: set[bytes] | None = set() if key == "tokenizer.ggml.tokens" else None
         for _ in range(count):
             if pos + 8 > size:
                 raise _corrupt(cur.path, f"truncated: {key} runs past the end of the file ({size} bytes)")
-            pos += 8 + unpack(buf, pos)[0]
+            n = unpack(buf, pos)[0]
+            if seen is not None:  # llama.cpp reads tokens as C strings: a NUL ends them
+                seen.add(buf[pos + 8 : pos + 8 + n].split(b"\0", 1)[0])
+            pos += 8 + n
         if pos > size:
             raise _corrupt(cur.path, f"truncated: {key} runs past the end of the file ({size} bytes)")
+        if seen is not None and len(seen) != count:  # llama.cpp aborts (GGML_ASSERT) on a repeated token
+            raise _corrupt(cur.path, f"{key} repeats a token ({count - len(seen)} duplicates); llama.cpp aborts loading it")
         cur.pos = pos
         return None, sub, count
     if sub not in _SCALAR:
@@ -335,6 +341,8 @@ def _check_layout(path: Path, tensors: list[TensorEntry], alignment: int) -> Non
     seen: set[str] = set()
     expected = 0
     for t in tensors:
+        if "\0" in t.name or not t.name:
+            raise _corrupt(path, f"tensor name {t.name!r} is empty or holds a NUL byte (llama.cpp reads names as C strings)")
         if t.name in seen:
             raise _corrupt(path, f"duplicate tensor name {t.name!r}")
         seen.add(t.name)
