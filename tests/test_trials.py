@@ -78,19 +78,25 @@ def exportable(root: Path, tok: Path, **over: object) -> Path:
     return src
 
 
-def _run_and_signal(args: list[object], sig: int, after: float) -> subprocess.CompletedProcess[str]:
+def _run_and_signal(args: list[object], sig: int, parent: Path) -> subprocess.CompletedProcess[str]:
+    """Start the CLI and signal it as soon as its copy of the weights is under way (a partial file
+    in its scratch directory), so the signal always lands mid-write whatever the disk speed."""
     proc = subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    time.sleep(after)
-    proc.send_signal(sig)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(p.stat().st_size > 0 for p in parent.glob(".yarnconv-tmp-*/model.safetensors")):
+            proc.send_signal(sig)
+            break
+        time.sleep(0.002)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def test_sigterm_mid_copy_leaves_nothing(tmp_path: Path) -> None:
-    src = big_checkpoint(tmp_path / "src", 1_500_000_000)
+    src = big_checkpoint(tmp_path / "src", 3_000_000_000)
     before = sorted(p.name for p in src.iterdir())
     out = tmp_path / "out"
-    done = _run_and_signal(["extend", src, "-o", out, "--scale", "2", "--link", "copy", "-q"], signal.SIGTERM, 2.0)
+    done = _run_and_signal(["extend", src, "-o", out, "--scale", "2", "--link", "copy", "-q"], signal.SIGTERM, tmp_path)
     assert done.returncode == 143, done.stderr
     assert "terminated by SIGTERM" in done.stderr and "Traceback" not in done.stderr
     assert not out.exists() and scratch(tmp_path) == []
@@ -98,8 +104,8 @@ def test_sigterm_mid_copy_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_kill_9_leftovers_are_swept_by_the_next_run(tmp_path: Path) -> None:
-    src = big_checkpoint(tmp_path / "src", 1_500_000_000)
-    done = _run_and_signal(["extend", src, "-o", tmp_path / "out", "--scale", "2", "--link", "copy", "-q"], signal.SIGKILL, 2.0)
+    src = big_checkpoint(tmp_path / "src", 3_000_000_000)
+    done = _run_and_signal(["extend", src, "-o", tmp_path / "out", "--scale", "2", "--link", "copy", "-q"], signal.SIGKILL, tmp_path)
     assert done.returncode == -signal.SIGKILL
     assert scratch(tmp_path), "the killed run should have left its scratch directory"
     assert not (tmp_path / "out").exists()
