@@ -153,8 +153,9 @@ def layer_types(view: ConfigView) -> list[str]:
     if isinstance(listed, list) and len(listed) == n and all(isinstance(t, str) for t in listed):
         return list(listed)
     if view.layer_ropes and n:
-        pattern = text.get("sliding_window_pattern") or text.get("_sliding_window_pattern") or 6
-        return ["full_attention" if (i + 1) % int(pattern) == 0 else "sliding_attention" for i in range(n)]
+        pattern = text.get("sliding_window_pattern") or text.get("_sliding_window_pattern")
+        pattern = pattern if isinstance(pattern, int) and not isinstance(pattern, bool) and pattern > 0 else 6  # Gemma 3's default
+        return ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention" for i in range(n)]
     return []
 
 
