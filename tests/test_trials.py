@@ -184,3 +184,23 @@ def test_closed_stdout_and_broken_pipe(tmp_path: Path) -> None:
     assert "Traceback" not in closed.stderr and "internal error" not in closed.stderr, closed.stderr
     piped = subprocess.run(["bash", "-c", f"set -o pipefail; {cmd} | head -c 10"], capture_output=True, text=True, env=ENV, timeout=120)
     assert "Traceback" not in piped.stderr and "Exception ignored" not in piped.stderr, piped.stderr
+
+
+def test_in_place_edit_killed_midway_is_restored_by_the_next_run(tmp_path: Path, smollm2_dir: Path) -> None:
+    """A kill -9 between writing the new header and removing the backup: the next in-place run puts
+    the old header back before it plans, so the file is always old-or-new."""
+    from yarnconv.gguf_file import read_header
+    from yarnconv.gguf_patch import _backup_path
+
+    src = exportable(tmp_path / "src", smollm2_dir)
+    gguf = tmp_path / "m.gguf"
+    assert yarnconv("export", src, "--gguf", "--outtype", "f32", "-o", gguf, "-q").returncode == 0
+    good = gguf.read_bytes()
+    header_len = read_header(gguf).data_offset
+    _backup_path(gguf).write_bytes(good[:header_len])  # what a killed run leaves: the backup ...
+    with open(gguf, "r+b") as f:  # ... and a header it was half-way through overwriting
+        f.write(b"\xff" * 64)
+    assert yarnconv("extend", gguf, "--scale", "2", "--in-place", "-q").returncode == 0
+    assert read_header(gguf).get("llama.rope.scaling.type") == "yarn"
+    assert gguf.read_bytes()[header_len:] == good[header_len:]
+    assert not _backup_path(gguf).exists()

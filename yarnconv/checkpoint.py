@@ -319,7 +319,7 @@ def sweep_stale(parent: Path) -> list[str]:
         return removed
     for entry in entries:
         m = SCRATCH_RE.match(entry.name)
-        if not m or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])) or m["kind"] == "backup":
+        if not m or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
