@@ -111,7 +111,7 @@ def bench(size_gb: float, out: Path, repeat: int) -> dict:
             (
                 "yarnconv extend",
                 out / "ext",
-                [sys.executable, "-m", "yarnconv.cli", "extend", str(src), "-o", str(out / "ext"), "--scale", "16", "-q"],
+                [sys.executable, "-m", "yarnconv", "extend", str(src), "-o", str(out / "ext"), "--scale", "16", "-q"],
             ),
             ("python -c pass", None, [sys.executable, "-c", "pass"]),
         ):

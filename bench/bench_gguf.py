@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from yarnconv.gguf_patch import patch
+from yarnconv.gguf.patch import patch
 from yarnconv.plan import ExtendRequest
 
 HERE = Path(__file__).resolve().parent
@@ -131,7 +131,7 @@ def main() -> None:
     src = work / "src"
     size = build_checkpoint(src, Path(args.tokenizer), args.layers) if not src.exists() else 0
     print(f"checkpoint {src} ({size / 1e9:.2f} GB bf16)")
-    yarnconv = [sys.executable, "-m", "yarnconv.cli"]
+    yarnconv = [sys.executable, "-m", "yarnconv"]
     results: dict[str, object] = {"checkpoint_gb": size / 1e9}
     for outtype in [] if args.skip_export else args.outtypes:
         ours, theirs = work / f"ours-{outtype}.gguf", work / f"theirs-{outtype}.gguf"

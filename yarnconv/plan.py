@@ -12,29 +12,47 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from yarnconv import families, rope
-from yarnconv.config import MAX_CONTEXT, ConfigView, Finding, RopeBlock, Schema, positional_scheme, read_config, write_rope
+from yarnconv.config import (
+    MAX_CONTEXT,
+    SCHEMA_HELP,
+    SCHEMAS,
+    ConfigView,
+    Finding,
+    RopeBlock,
+    Schema,
+    positional_scheme,
+    read_config,
+    write_rope,
+)
 from yarnconv.errors import UsageError, YarnconvError
+from yarnconv.options import option
 
 # Keys that belong to another scaling method; dropped when --force replaces it with YaRN.
 METHOD_KEYS = {"low_freq_factor", "high_freq_factor", "short_factor", "long_factor"}
 # Known pretraining lengths whose max_position_embeddings is not a power of two.
+METHODS = ("yarn", "linear", "dynamic")
 _KNOWN_ORIGINALS = {("qwen3", 40960): 32768, ("qwen3_moe", 40960): 32768}
 
 
 @dataclass(frozen=True)
 class ExtendRequest:
-    """What the user asked for; exactly one of ``scale`` and ``target_context``."""
+    """The rope change the user asked for; exactly one of ``scale`` and ``target_context``.
 
-    scale: float | None = None
-    target_context: int | None = None
-    original_context: int | None = None
-    method: str = "yarn"
-    beta_fast: float | None = None
-    beta_slow: float | None = None
-    attention_factor: float | None = None
-    temperature: float | None = None
-    schema: Schema = "portable"
-    force: bool = False
+    Each field is also a CLI option and a recipe key (see :mod:`yarnconv.options`).
+    """
+
+    scale: float | None = option(help="YaRN factor s; the new context is original x s.", kind=float)
+    target_context: int | None = option(help="New context length; the factor is target / original.", kind=int)
+    original_context: int | None = option(help="Pretraining context length L (default: read from the config).", kind=int)
+    method: str = option("yarn", "Scaling method; linear (PI) and dynamic (NTK) are for ablations.", choices=METHODS)
+    beta_fast: float | None = option(help="YaRN beta_fast (default 32, or the source's).", kind=float)
+    beta_slow: float | None = option(help="YaRN beta_slow (default 1, or the source's).", kind=float)
+    attention_factor: float | None = option(help="Explicit cos/sin magnitude a (default 0.1 ln s + 1).", kind=float)
+    temperature: float | None = option(help="The paper's softmax temperature t; sets a = sqrt(1/t).", kind=float)
+    schema: Schema | None = option(
+        help="Config layout to write: " + "; ".join(f"{k}: {v}" for k, v in SCHEMA_HELP.items()), choices=SCHEMAS, shown="portable"
+    )
+    force: bool = option(False, "Replace an existing output; replace a non-YaRN scaling.")
 
 
 @dataclass
@@ -53,6 +71,14 @@ class ExtendPlan:
     findings: list[Finding] = field(default_factory=list)
     layer_ropes: dict[str, RopeBlock] = field(default_factory=dict)  # per layer type, when they differ (Gemma 3)
     layer_types: list[str] = field(default_factory=list)  # the type of each layer, when known
+    section: tuple[str, ...] = ()  # where the text model's settings live in ``config`` (text_config)
+
+    def written_block(self) -> dict[str, Any] | None:
+        """The rope block as written into the new config, in the chosen schema."""
+        text = self.config
+        for key in self.section:
+            text = text[key]
+        return text.get("rope_scaling") or text.get("rope_parameters")
 
     def summary(self) -> dict[str, Any]:
         """Machine-readable description of the change."""
@@ -187,7 +213,7 @@ def _attention(req: ExtendRequest, before: RopeBlock, notes: list[str]) -> dict[
 def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
     """Decide the new config for ``req``. Raises :class:`YarnconvError` on anything ambiguous."""
     view = read_config(raw)
-    if req.method not in ("yarn", "linear", "dynamic"):
+    if req.method not in METHODS:
         raise YarnconvError(f"unknown method {req.method!r}", "choose yarn, linear or dynamic")
     notes: list[str] = []
     scheme = positional_scheme(view)
@@ -281,9 +307,10 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
         )
     if view.text.get("original_max_position_embeddings") not in (None, original):
         notes.append(f"top-level original_max_position_embeddings set to {original} to match the rope block")
-    if view.layout == "rope_parameters" and req.schema != "v5":
+    schema = req.schema or "portable"
+    if view.layout == "rope_parameters" and schema != "v5":
         notes.append("rope_parameters (transformers 5 form) rewritten as rope_scaling + rope_theta, which every runtime reads")
-    new = write_rope(raw, view.section, after, length, req.schema, view=view)
+    new = write_rope(raw, view.section, after, length, schema, view=view)
     if "head_dim" not in view.text and "head_dim" in (new[view.section[0]] if view.section else new):
         notes.append(f"head_dim {view.head_dim} written: transformers 4.56-4.57 crash building YaRN for {view.model_type} without it")
     if view.layer_ropes.get("sliding_attention"):
@@ -291,7 +318,7 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
     after_view = read_config(new)
     plan = ExtendPlan(
         new, before, after, view.max_position, length, source, view.rope_head_dim, view.num_layers or 0, notes, after_view.findings,
-        layer_ropes=after_view.layer_ropes, layer_types=layer_types(after_view),
+        layer_ropes=after_view.layer_ropes, layer_types=layer_types(after_view), section=view.section,
     )  # fmt: skip
     # Self-check: the written config must read back as exactly the planned block.
     if replace(after_view.rope, extra={}) != replace(after, extra={}) or after_view.rotary_dim != view.rotary_dim:

@@ -13,7 +13,7 @@ from typing import Any
 
 from yarnconv import rope
 from yarnconv.config import RopeBlock
-from yarnconv.gguf_file import GGUFValueType
+from yarnconv.gguf.file import GGUFValueType
 
 # llama.cpp architectures with no rotary embedding to rescale.
 NO_ROPE_ARCHS = {

@@ -21,20 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yarnconv.checkpoint import (
-    check_writable_parent,
-    made_dirs,
-    place_file,
-    progress_bar,
-    remove_empty,
-    require_space,
-    scratch_path,
-    sweep_stale,
-)
 from yarnconv.errors import UsageError, YarnconvError
-from yarnconv.gguf_file import MAGIC, PAD_KEY, PAD_MIN, RESERVE, SHARD_RE, GGUFHeader, encode_kv, pad_kv, read_header, shard_paths
-from yarnconv.gguf_rope import NO_ROPE_ARCHS, SPECIAL_YARN_ARCHS, KeyPlan, llama_cpp_flags, plan_keys, pseudo_config, read_rope
+from yarnconv.gguf.file import MAGIC, PAD_KEY, PAD_MIN, RESERVE, SHARD_RE, GGUFHeader, encode_kv, pad_kv, read_header, shard_paths
+from yarnconv.gguf.keys import NO_ROPE_ARCHS, SPECIAL_YARN_ARCHS, KeyPlan, llama_cpp_flags, plan_keys, pseudo_config, read_rope
 from yarnconv.plan import ExtendPlan, ExtendRequest, plan_extend
+from yarnconv.storage.atomic import check_writable_parent, made_dirs, remove_empty, require_space, scratch_path, sweep_stale
+from yarnconv.storage.files import place_file
+from yarnconv.storage.progress import progress_bar
 
 _CHUNK = 64 * 1024 * 1024
 

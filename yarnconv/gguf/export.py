@@ -34,24 +34,15 @@ from gguf.metadata import Metadata
 from gguf.utility import naming_convention, size_label
 
 from yarnconv import __version__
-from yarnconv.checkpoint import (
-    CONFIG,
-    TensorInfo,
-    check_writable_parent,
-    made_dirs,
-    progress_bar,
-    read_json,
-    remove_empty,
-    require_space,
-    scan_weights,
-    scratch_path,
-    sweep_stale,
-)
 from yarnconv.config import RopeBlock, read_config
 from yarnconv.errors import YarnconvError
-from yarnconv.gguf_file import PAD_KEY, RESERVE, read_header
-from yarnconv.gguf_rope import ROPE_FREQS_ARCHS, KeyPlan, plan_keys, unencodable
-from yarnconv.gguf_vocab import add_vocab
+from yarnconv.gguf.file import PAD_KEY, RESERVE, read_header
+from yarnconv.gguf.keys import ROPE_FREQS_ARCHS, KeyPlan, plan_keys, unencodable
+from yarnconv.gguf.vocab import add_vocab
+from yarnconv.storage.atomic import check_writable_parent, made_dirs, remove_empty, require_space, scratch_path, sweep_stale
+from yarnconv.storage.files import CONFIG, read_json
+from yarnconv.storage.progress import progress_bar
+from yarnconv.storage.weights import TensorInfo, scan_weights
 
 Q = GGMLQuantizationType
 OUTTYPES = {"f32": Q.F32, "f16": Q.F16, "bf16": Q.BF16, "q8_0": Q.Q8_0}
@@ -351,7 +342,7 @@ def export_gguf(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Convert the HF checkpoint at ``source`` to GGUF. ``config`` replaces config.json (extend --gguf)."""
-    from yarnconv.sources import resolve
+    from yarnconv.storage.sources import resolve
 
     src = resolve(source)
     root = src.path

@@ -1,4 +1,4 @@
-"""``inspect``: what a checkpoint is, what its rope config says, and what each runtime makes of it."""
+"""``inspect`` for HF checkpoints: what it is, what its rope config says, and what each runtime makes of it."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import os
 from typing import Any
 
 from yarnconv import rope, runtimes
-from yarnconv.checkpoint import CONFIG, RECORD, dir_size, read_json, scan_weights
 from yarnconv.config import ConfigView, positional_scheme, read_config
-from yarnconv.sources import resolve
+from yarnconv.storage.files import CONFIG, RECORD, dir_size, read_json
+from yarnconv.storage.sources import resolve
+from yarnconv.storage.weights import scan_weights
 
 
 def inspect_model(source: str | os.PathLike[str], *, revision: str | None = None) -> dict[str, Any]:
@@ -87,39 +88,3 @@ def _effective(view: ConfigView, refs: dict[str, rope.RopeSpec]) -> dict[str, An
         if other is not spec:
             out.setdefault("other_layers", {})[lt] = {"method": other.method, "theta": other.base, "attention_factor": rope.compute(other).attention_factor}
     return out
-
-
-def inspect_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Describe a GGUF file: architecture, context, rope keys and what llama.cpp will do with them."""
-    from yarnconv.gguf_file import PAD_KEY, read_header
-    from yarnconv.gguf_rope import effective, read_rope
-
-    h = read_header(path)
-    arch = h.arch or "?"
-    rope_keys = {k: h.get(k) for k in h.order if k.startswith(f"{arch}.rope") or k == f"{arch}.context_length"}
-    types: dict[str, int] = {}
-    for t in h.tensors:
-        types[t.type_name] = types.get(t.type_name, 0) + 1
-    r = read_rope(h.get, arch, {t.name for t in h.tensors})
-    no, count = h.split
-    return {
-        "path": str(h.path),
-        "format": "gguf",
-        "gguf_version": h.version,
-        "architecture": arch,
-        "name": h.get("general.name"),
-        "size_label": h.get("general.size_label"),
-        "file_type": h.get("general.file_type"),
-        "context_length": h.get(f"{arch}.context_length"),
-        "rope_keys": rope_keys,
-        "llama_cpp": effective(r),
-        "rope_block": r.block().to_dict(),
-        "tokenizer": {"model": h.get("tokenizer.ggml.model"), "pre": h.get("tokenizer.ggml.pre")},
-        "tensors": len(h.tensors),
-        "tensor_types": types,
-        "split": {"no": no + 1, "count": count} if count > 1 else None,
-        "header_bytes": h.data_offset,
-        "spare_header_bytes": h.slack,
-        "yarnconv_reserve": PAD_KEY in h.kvs,
-        "size_on_disk": h.size,
-    }

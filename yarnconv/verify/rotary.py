@@ -1,8 +1,7 @@
 """Ask an installed transformers what it builds from a config, and compare with yarnconv.
 
-This is the first rung of ``verify``: the rotary buffers transformers itself constructs
+The first rung of ``verify``: the rotary buffers transformers itself constructs
 (``model.rotary_emb.inv_freq`` and ``attention_scaling``) must equal yarnconv's numbers.
-Logit-level checks build on it.
 """
 
 from __future__ import annotations
@@ -12,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from yarnconv import rope
-from yarnconv.checkpoint import CONFIG, read_json
 from yarnconv.config import read_config
+from yarnconv.storage.files import CONFIG, read_json
+from yarnconv.verify.check import Bound, Check, judge
 
 
 def transformers_rope(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -37,6 +37,18 @@ def transformers_rope(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "max_position_embeddings": int(text.max_position_embeddings),
         "rotary_class": rotary_cls.__name__,
     }
+
+
+ROTARY_BOUNDS = (
+    Bound("lengths_match", "==", True),
+    Bound("max_rel_diff_float32", "<=", 0.0),
+    Bound("attention_factor_diff", "<=", 1e-7),
+)
+
+
+def rotary_check(model_dir: str | os.PathLike[str]) -> Check:
+    """transformers builds yarnconv's float32 inv_freq bit for bit, and its magnitude."""
+    return judge("transformers rotary buffers", compare_with_transformers(model_dir), ROTARY_BOUNDS)
 
 
 def compare_with_transformers(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -77,37 +89,3 @@ def _find_rotary(model: Any) -> Any:
         if hasattr(module, "inv_freq") and hasattr(module, "attention_scaling"):
             return module
     raise RuntimeError("no rotary embedding module found in the model")
-
-
-def gguf_logits_vs_transformers(
-    hf_dir: str | os.PathLike[str], gguf_path: str | os.PathLike[str], *, n_tokens: int = 128
-) -> dict[str, Any]:
-    """Run the same token ids through transformers (``hf_dir``) and llama.cpp (``gguf_path``).
-
-    Needs ``llama-cpp-python``. Returns per-position KL(transformers || llama.cpp) and top-1
-    agreement, counting a position as agreeing when llama.cpp's pick is within 1e-3 logits of
-    transformers' best (random-ish ids produce near ties that float32 noise may flip).
-    """
-    import numpy as np
-    import torch
-    from llama_cpp import Llama
-    from transformers import AutoModelForCausalLM
-
-    bos = read_config(read_json(Path(hf_dir) / CONFIG, CONFIG)).text.get("bos_token_id") or 1
-    tokens = [int(bos), *np.random.default_rng(0).integers(100, 20000, n_tokens - 1).tolist()]
-    llm = Llama(model_path=str(gguf_path), n_ctx=max(n_tokens, 64), logits_all=True, n_threads=os.cpu_count() or 2, verbose=False)
-    llm.eval(tokens)
-    got = np.array(llm.scores[:n_tokens], dtype=np.float64)
-    llm.close()
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-    with torch.inference_mode():
-        ref = model(torch.tensor([tokens])).logits[0].double().numpy()
-
-    def log_softmax(x: Any) -> Any:
-        x = x - x.max(-1, keepdims=True)
-        return x - np.log(np.exp(x).sum(-1, keepdims=True))
-
-    lp, lq = log_softmax(ref), log_softmax(got)
-    kl = (np.exp(lp) * (lp - lq)).sum(-1)
-    agree = ref[np.arange(n_tokens), got.argmax(-1)] >= ref.max(-1) - 1e-3
-    return {"tokens": n_tokens, "kl_max": float(kl.max()), "kl_mean": float(kl.mean()), "top1_agreement": float(agree.mean())}

@@ -14,27 +14,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from yarnconv import __version__, rope
-from yarnconv.checkpoint import (
-    CONFIG,
-    LINK_THRESHOLD,
-    RECORD,
-    SIDECAR,
-    atomic_dir,
-    check_output_location,
-    is_weight_file,
-    place_file,
-    progress_bar,
-    read_json,
-    require_space,
-    scan_weights,
-    walk_files,
-    write_json,
-)
-from yarnconv.config import RopeBlock
+from yarnconv import __version__
 from yarnconv.errors import YarnconvError
+from yarnconv.hf.sidecar import write_sidecar
 from yarnconv.plan import ExtendPlan, ExtendRequest, plan_extend
-from yarnconv.sources import resolve
+from yarnconv.storage.atomic import atomic_dir, check_output_location, require_space
+from yarnconv.storage.files import CONFIG, LINK_THRESHOLD, RECORD, SIDECAR, is_weight_file, place_file, read_json, walk_files, write_json
+from yarnconv.storage.progress import progress_bar
+from yarnconv.storage.sources import resolve
+from yarnconv.storage.weights import scan_weights
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
@@ -121,53 +109,10 @@ def _retarget_tokenizer(src: Path, dst: Path, plan: ExtendPlan) -> bool:
     return True
 
 
-def write_sidecar(path: Path, plan: ExtendPlan) -> dict[str, Any]:
-    """Precomputed inverse frequencies + attention factor, for runtimes that take buffers.
-
-    ``inv_freq`` is float32 and bit-identical to what transformers builds for the (full-attention)
-    layers YaRN applies to; ``inv_freq_float64`` is the exact value; ``attention_scaling`` is the
-    cos/sin multiplier. Models whose sliding layers keep their own base (Gemma 3) also get
-    ``{layer_type}.inv_freq`` / ``{layer_type}.attention_scaling``, and the per-layer copies under
-    the pre-4.36 transformers buffer names carry each layer's own frequencies.
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    def buffers(block: RopeBlock) -> tuple[Any, Any, float]:
-        spec = block.spec(plan.head_dim)
-        exact, f32 = rope.compute(spec), rope.compute(spec, precision="float32")
-        return torch.tensor(f32.inv_freq, dtype=torch.float32), torch.tensor(exact.inv_freq, dtype=torch.float64), exact.attention_factor
-
-    inv, inv64, a = buffers(plan.after)
-    tensors = {"inv_freq": inv, "inv_freq_float64": inv64, "attention_scaling": torch.tensor([a], dtype=torch.float32)}
-    per_type = {}
-    for lt, block in plan.layer_ropes.items():
-        lt_inv, lt_inv64, lt_a = buffers(plan.after if lt == "full_attention" else block)
-        per_type[lt] = lt_inv
-        tensors[f"{lt}.inv_freq"], tensors[f"{lt}.inv_freq_float64"] = lt_inv, lt_inv64
-        tensors[f"{lt}.attention_scaling"] = torch.tensor([lt_a], dtype=torch.float32)
-    for i in range(plan.num_layers):
-        lt = plan.layer_types[i] if i < len(plan.layer_types) else None
-        tensors[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = per_type.get(lt or "", inv).clone()
-    spec = plan.after.spec(plan.head_dim)
-    meta = {
-        "format": "pt",
-        "yarnconv_version": __version__,
-        "rope": json.dumps(plan.after.to_dict(), sort_keys=True),
-        "rotary_dim": str(spec.dim),
-        "attention_factor": repr(a),
-        "max_position_embeddings": str(plan.max_position_after),
-    }
-    if plan.layer_ropes:
-        meta["layer_ropes"] = json.dumps({lt: b.to_dict() for lt, b in plan.layer_ropes.items()}, sort_keys=True)
-    save_file(tensors, str(path), metadata=meta)
-    return meta
-
-
 def _record(
     src: Any, raw: dict[str, Any], plan: ExtendPlan, request: ExtendRequest, files: list[dict[str, Any]], link: str
 ) -> dict[str, Any]:
-    request_dict = {k: v for k, v in request.__dict__.items() if v is not None}
+    request_dict = {k: v for k, v in {**request.__dict__, "schema": request.schema or "portable"}.items() if v is not None}
     return {
         "yarnconv_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

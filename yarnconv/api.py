@@ -1,0 +1,215 @@
+"""One library entry per command. The CLI parses flags into these requests and prints the result;
+recipes fill the same requests from TOML.
+
+Each entry picks its route from the input (an HF directory, a Hub id or a .gguf file) and refuses
+settings that do not apply to that route, so a library call and the command line accept and
+refuse exactly the same things::
+
+    import yarnconv
+    from yarnconv.api import ExtendJob
+    from yarnconv.plan import ExtendRequest
+
+    result = yarnconv.extend("./llama-2-7b", ExtendJob(output="out/", rope=ExtendRequest(scale=16.0)))
+    result.record["max_position_embeddings"]  # {'before': 4096, 'after': 65536}
+
+Heavy modules (torch, numpy, gguf) are imported inside the entries, so a config-only run never
+loads them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from yarnconv.errors import UsageError, YarnconvError
+from yarnconv.options import group, option, reject
+from yarnconv.plan import ExtendRequest
+
+OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
+ROPE_ROUTES = ("auto", "keys", "freqs")
+LINK_MODES = ("auto", "reflink", "hardlink", "copy")
+GGUF_SETTINGS = ["outtype", "gguf_rope", "pre_tokenizer", "split_max_size"]
+
+
+@dataclass(frozen=True)
+class GGUFOptions:
+    """How an HF checkpoint becomes GGUF (``export --gguf`` and ``extend --gguf``)."""
+
+    outtype: str | None = option(help="GGUF tensor type; auto is bf16 for bf16 weights, else f16.", choices=OUTTYPES, shown="auto")
+    gguf_rope: str | None = option(
+        help="keys: llama.cpp's YaRN keys; freqs: an exact rope_freqs.weight tensor (llama family); auto: keys unless they lose settings.",
+        choices=ROPE_ROUTES,
+        shown="auto",
+    )
+    pre_tokenizer: str | None = option(help="llama.cpp pre-tokenizer name, when tokenizer.json's is not recognised.")
+    split_max_size: str | None = option(help="Split into shards of at most N bytes (e.g. 2G, 500M; decimal units).")
+
+    def split_bytes(self) -> int:
+        """``split_max_size`` in bytes (0: one file)."""
+        text = self.split_max_size
+        if not text:
+            return 0
+        units = {"K": 1000, "M": 1000**2, "G": 1000**3}
+        t = text.strip().upper()
+        try:
+            return int(float(t[:-1]) * units[t[-1]]) if t[-1] in units else int(t)
+        except (ValueError, IndexError):
+            raise YarnconvError(f"--split-max-size {text!r} is not a size", "write it like 2G, 500M or 1000000") from None
+
+
+@dataclass(frozen=True)
+class ExtendJob:
+    """Everything ``yarnconv extend`` takes besides the model."""
+
+    output: str | None = option(
+        help="Output directory; with --gguf or a .gguf MODEL, a .gguf file or directory.", short="-o", kind=os.PathLike
+    )
+    in_place: bool = option(False, "GGUF MODEL: edit its header in place (only when the new keys fit).")
+    gguf: bool = option(False, "Write a GGUF file instead of an HF checkpoint (extend and export in one go).")
+    export: GGUFOptions = group(GGUFOptions)
+    rope: ExtendRequest = group(ExtendRequest)
+    link: str | None = option(
+        help="How weight files reach the output; auto tries reflink, hardlink, then copy.", choices=LINK_MODES, shown="auto"
+    )
+    precompute_inv_freq: bool = option(False, "Also write yarnconv_rope.safetensors with the final inverse frequencies.")
+    revision: str | None = option(help="Hub revision, when MODEL is a Hub id.")
+    dry_run: bool = option(False, "Show the plan and the new rope config; write nothing.")
+
+
+@dataclass(frozen=True)
+class ExportJob:
+    """Everything ``yarnconv export`` takes besides the model."""
+
+    gguf: bool = option(False, "Write GGUF (the only export format so far).")
+    output: str | None = option(
+        help="Output .gguf file, or a directory for llama.cpp's naming.", short="-o", kind=os.PathLike, required=True
+    )
+    export: GGUFOptions = group(GGUFOptions)
+    name: str | None = option(help="Model name for general.name and the file name (default: the directory or Hub name).")
+    force: bool = option(False, "Overwrite existing output files.")
+    dry_run: bool = option(False, "Show what would be written; write nothing.")
+
+
+@dataclass
+class Result:
+    """What a command did. ``record`` is the JSON the CLI prints with ``--json``; ``route`` says
+    which path the command took (hf, gguf, patch, dry-run, ...) so a printer can describe it."""
+
+    command: str
+    route: str
+    record: dict[str, Any]
+    ok: bool = True
+    details: dict[str, Any] = field(default_factory=dict)  # for printing only, never in to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.record
+
+
+def extend_route(model: str | os.PathLike[str], job: ExtendJob) -> str:
+    """patch (a .gguf MODEL), gguf (extend --gguf), dry-run, or hf."""
+    if os.fspath(model).endswith(".gguf"):
+        return "patch"
+    if job.gguf:
+        return "gguf"
+    return "dry-run" if job.dry_run else "hf"
+
+
+def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = True) -> Result:
+    """``yarnconv extend``: an extended copy of ``model`` (HF directory, Hub id, builtin:NAME or .gguf file)."""
+    route = extend_route(model, job)
+    if route == "patch":
+        reject(job, ["gguf", *GGUF_SETTINGS, "schema", "precompute_inv_freq", "revision"], "patching a GGUF file (its tensors are kept as they are)")
+        from yarnconv.gguf.patch import patch
+
+        record = patch(
+            model, job.output, job.rope, in_place=job.in_place, force_output=job.rope.force, link=job.link or "auto", dry_run=job.dry_run, progress=progress
+        )
+        return Result("extend", route, record)
+    if route == "gguf":
+        reject(job, ["in_place", "schema", "precompute_inv_freq", "link"], "extend --gguf (it writes one GGUF file)")
+    else:
+        reject(job, [*GGUF_SETTINGS, "in_place"], "an HF checkpoint output (add --gguf to write GGUF)")
+    if job.output is None and not (route == "dry-run"):
+        raise UsageError("no output given", "pass -o DIR (or -o FILE.gguf with --gguf)")
+    from yarnconv.hf.extend import extend as extend_hf
+    from yarnconv.hf.extend import plan_for
+
+    if route == "gguf":
+        from yarnconv.gguf.export import export_gguf
+
+        src, _, plan = plan_for(model, job.rope, revision=job.revision)
+        record = export_gguf(
+            src.path,
+            job.output,  # type: ignore[arg-type]
+            outtype=job.export.outtype or "auto",
+            config=plan.config,
+            route=job.export.gguf_rope or "auto",
+            pre_tokenizer=job.export.pre_tokenizer,
+            split_max_size=job.export.split_bytes(),
+            force=job.rope.force,
+            dry_run=job.dry_run,
+            progress=progress,
+        )
+        record.update(plan.summary())
+        return Result("extend", route, record)
+    if route == "dry-run":
+        _, _, plan = plan_for(model, job.rope, revision=job.revision)
+        record = {"dry_run": True, **plan.summary(), "config": plan.config}
+        return Result("extend", route, record, details={"rope_block": plan.written_block()})
+    record = extend_hf(
+        model,
+        job.output,  # type: ignore[arg-type]
+        job.rope,
+        link=job.link or "auto",
+        force=job.rope.force,
+        precompute_inv_freq=job.precompute_inv_freq,
+        revision=job.revision,
+        progress=progress,
+    )
+    return Result("extend", route, record)
+
+
+def export(model: str | os.PathLike[str], job: ExportJob, *, progress: bool = True) -> Result:
+    """``yarnconv export``: convert an HF checkpoint to GGUF with the YaRN keys llama.cpp honours."""
+    if not job.gguf:
+        raise UsageError("choose an export format", "pass --gguf")
+    if job.output is None:
+        raise UsageError("no output given", "pass -o FILE.gguf or -o DIR")
+    from yarnconv.gguf.export import export_gguf
+
+    record = export_gguf(
+        model,
+        job.output,
+        outtype=job.export.outtype or "auto",
+        route=job.export.gguf_rope or "auto",
+        pre_tokenizer=job.export.pre_tokenizer,
+        split_max_size=job.export.split_bytes(),
+        name=job.name,
+        force=job.force,
+        dry_run=job.dry_run,
+        progress=progress,
+    )
+    return Result("export", "gguf", {**record, "dry_run": job.dry_run})
+
+
+def inspect(model: str | os.PathLike[str], *, revision: str | None = None) -> Result:
+    """``yarnconv inspect``: describe a checkpoint or GGUF file and what each runtime makes of it."""
+    text = os.fspath(model)
+    if text.endswith(".gguf") or os.path.isfile(text):
+        if revision is not None:
+            raise UsageError("--revision does not apply to a GGUF file", "drop it")
+        from yarnconv.gguf.report import inspect_gguf
+
+        return Result("inspect", "gguf", inspect_gguf(model))
+    from yarnconv.hf.report import inspect_model
+
+    return Result("inspect", "hf", inspect_model(model, revision=revision))
+
+
+def demo(output: str | os.PathLike[str] = "demo-out", scale: float = 4.0, *, progress: bool = True) -> Result:
+    """``yarnconv demo``: extend the built-in SmolLM2, export it, and check both runtimes agree."""
+    from yarnconv.verify.demo import run_demo
+
+    data, checks = run_demo(output, scale, progress=progress)
+    return Result("demo", "builtin:smollm2", data, ok=data["ok"], details={"checks": checks})

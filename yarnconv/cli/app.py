@@ -1,0 +1,107 @@
+"""The ``yarnconv`` group: signals, and turning every failure into one line on stderr.
+
+Commands live one per module (``*_cmd.py``); each parses, calls one entry of
+:mod:`yarnconv.api` and prints. Results go to stdout (``--json`` for machines); errors are one
+line on stderr, exit 1 for bad input, 2 for usage errors, 143 on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import sys
+from typing import Any
+
+import click
+
+from yarnconv import __version__
+from yarnconv.cli import demo_cmd, export_cmd, extend_cmd, inspect_cmd
+from yarnconv.errors import UsageError, YarnconvError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Terminated(BaseException):
+    """SIGTERM (timeout, docker stop, a cancelled CI job): unwinds like Ctrl-C so scratch is removed."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def os_error_line(exc: OSError) -> str:
+    """An environment error (disk full, permissions, paths) as one line naming the path and the fix."""
+    where = exc.filename or "the output"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        import shutil
+
+        try:
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(str(where))) or ".").free
+            room = f", {free / 1e6:.1f} MB free there"
+        except OSError:
+            room = ""
+        return f"no space left on device while writing {where}{room} (free some space or choose another -o; nothing was kept)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {where} (check its permissions, or choose another path)"
+    if exc.errno == errno.EROFS:
+        return f"read-only file system: {where} (choose a writable -o)"
+    if exc.errno == errno.ENAMETOOLONG:
+        return f"file name too long: {where} (choose a shorter -o)"
+    return f"{exc.strerror or exc}: {where} (check the path)"
+
+
+class _Group(click.Group):
+    """Turns library errors into one line, and unexpected ones into one line plus a debug hint."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            raise click.UsageError(exc.one_line()) from None
+        except YarnconvError as exc:
+            raise click.ClickException(exc.one_line()) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Terminated:
+            click.echo("Error: terminated by SIGTERM; partial output was removed", err=True)
+            sys.exit(143)
+        except BrokenPipeError:
+            # the reader went away (`| head`): nothing left to say, and no traceback at exit
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), sys.stdout.fileno())
+            sys.exit(1)
+        except RecursionError:
+            raise click.ClickException("input nested too deeply to read (is it a real config file?)") from None
+        except OSError as exc:
+            if os.environ.get("YARNCONV_DEBUG"):
+                raise
+            raise click.ClickException(os_error_line(exc)) from None
+        except Exception as exc:  # a bug: keep the one-line promise, offer the traceback
+            if os.environ.get("YARNCONV_DEBUG"):
+                raise
+            raise click.ClickException(f"internal error: {type(exc).__name__}: {exc} (set YARNCONV_DEBUG=1 for the traceback)") from None
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="yarnconv")
+def main() -> None:
+    """Extend a RoPE model's context with YaRN, in a checkpoint every runtime reads the same way.
+
+    \b
+    Examples:
+      yarnconv inspect ./llama-2-7b
+      yarnconv extend ./llama-2-7b --scale 16 -o llama-2-7b-yarn-64k
+      yarnconv extend Qwen/Qwen2.5-7B-Instruct --target-context 131072 -o qwen-128k
+      yarnconv demo
+    """
+    if hasattr(signal, "SIGTERM"):
+        with contextlib.suppress(ValueError):  # not the main thread (embedded use): leave signals alone
+            signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+for _command in (inspect_cmd.inspect, extend_cmd.extend, export_cmd.export, demo_cmd.demo):
+    main.add_command(_command)

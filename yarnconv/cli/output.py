@@ -1,0 +1,64 @@
+"""Printing results: JSON for machines, short lines for people."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+
+def emit(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        human(data)
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def print_change(p: dict[str, Any]) -> None:
+    """The rope change of an extend/patch/export record, and its non-info findings."""
+    mpe = p["max_position_embeddings"]
+    factor = f"factor {p['factor']:g}, " if p.get("factor") else ""
+    click.echo(
+        f"{p['method']}: {factor}original {p['original_context']} (from {p['original_context_source']}), context {mpe['before']} -> {mpe['after']}"
+    )
+    for note in p["notes"]:
+        click.echo(f"  note: {note}")
+    for f in p["findings"]:
+        if f["level"] != "info":
+            click.echo(f"  {f['level']}: {f['code']}: {f['message']}")
+
+
+def print_record(r: dict[str, Any]) -> None:
+    """An HF extend record."""
+    print_change(r)
+    counts: dict[str, int] = {}
+    for f in r["files"]:
+        counts[f["action"]] = counts.get(f["action"], 0) + 1
+    click.echo("  files: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items())))
+    click.echo(f"wrote {r['output']}")
+
+
+def print_export(r: dict[str, Any]) -> None:
+    """A GGUF export record (from export, or extend --gguf)."""
+    if "method" in r:
+        print_change(r)
+    types = ", ".join(f"{n} {t}" for t, n in sorted(r["tensor_types"].items()))
+    click.echo(f"  {r['architecture']} {r['size_label']}, {r['tensors']} tensors ({types}), {fmt_bytes(r['bytes'])}")
+    v = r.get("vocab")
+    if v:
+        click.echo(f"  tokenizer {v['model']}, pre {v['pre']} ({v['pre_source']}), {v['tokens']} tokens")
+    for k, val in r["gguf_keys"]["set"].items():
+        click.echo(f"  {k} = {val}")
+    for w in r["warnings"]:
+        click.echo(f"  WARNING: {w}", err=True)
+    click.echo(("would write " if r.get("dry_run") else "wrote ") + ", ".join(r["outputs"]))

@@ -1,0 +1,50 @@
+"""``yarnconv demo``: the whole promise on a real model, in one run.
+
+The built-in SmolLM2-135M (8k) is extended with YaRN, inspected, read back by transformers
+(its rotary buffers must equal yarnconv's bit for bit), exported to GGUF, and run through
+llama.cpp, whose logits must match transformers' on the same tokens. The demo passes only
+when both checks pass; a check that could not run is not a pass.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from yarnconv.verify.check import Check
+
+
+def demo_ok(checks: list[Check]) -> bool:
+    return bool(checks) and all(c.passed for c in checks)
+
+
+def run_demo(output: str | os.PathLike[str] = "demo-out", scale: float = 4.0, *, progress: bool = True) -> tuple[dict[str, Any], list[Check]]:
+    """The demo's record (what --json prints) and its checks."""
+    from yarnconv.gguf.export import export_gguf
+    from yarnconv.hf.extend import extend
+    from yarnconv.hf.report import inspect_model
+    from yarnconv.plan import ExtendRequest
+    from yarnconv.storage.sources import materialize_builtin
+    from yarnconv.verify.logits import gguf_check
+    from yarnconv.verify.rotary import rotary_check
+
+    src = materialize_builtin("smollm2")
+    out = os.fspath(output)
+    record = extend(src, out, ExtendRequest(scale=scale), force=True, precompute_inv_freq=True, progress=progress)
+    report = inspect_model(out)
+    rotary = rotary_check(out)
+    gguf_path = f"{out.rstrip(os.sep)}.gguf"
+    gguf = export_gguf(out, gguf_path, outtype="f32", force=True, progress=progress)
+    logits = gguf_check(out, gguf_path)
+    checks = [rotary, logits]
+    llama: dict[str, Any] = logits.measured if logits.status != "skipped" else {"skipped": logits.reason}
+    data = {
+        "extend": record,
+        "inspect": report,
+        "transformers_check": rotary.measured,
+        "gguf": gguf,
+        "llama_cpp_check": llama,
+        "checks": [c.to_dict() for c in checks],
+        "ok": demo_ok(checks),
+    }
+    return data, checks
