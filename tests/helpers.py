@@ -91,3 +91,32 @@ def write_checkpoint(root: Path, config: dict[str, Any], *, shards: int = 2, see
 def tree_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root`` (to prove nothing was modified)."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def verdict_configs() -> dict[str, dict[str, Any]]:
+    """Configs whose runtime verdicts test_config and test_families assert from yarnconv's own
+    runtime models; test_corpus loads each in the real transformers 4.57 and 5.x to check them."""
+    from yarnconv.plan import ExtendRequest, plan_extend
+
+    corpus = Path(__file__).parent / "corpus"
+
+    def published(name: str) -> dict[str, Any]:
+        return json.loads((corpus / f"{name}.json").read_text())["config"]
+
+    v5_only = tiny_config("qwen3", max_position_embeddings=131072)
+    v5_only.pop("rope_theta")
+    v5_only["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0, "original_max_position_embeddings": 32768}
+    mistral_saved = {k: v for k, v in published("mistral-7b-v0.1").items() if k != "rope_theta"}
+    mistral_saved["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
+    qwen_saved = {k: v for k, v in published("qwen2.5-3b").items() if k != "rope_theta"}
+    qwen_saved["rope_parameters"] = {"rope_type": "default", "rope_theta": 1000000.0}
+    return {
+        "qwen3-v5-only": v5_only,
+        "llama-16x-portable": plan_extend(tiny_config("llama"), ExtendRequest(scale=16)).config,
+        "llama-2x-exllamav2": plan_extend(tiny_config("llama"), ExtendRequest(scale=2, schema="exllamav2")).config,
+        "llama-2x-v5": plan_extend(tiny_config("llama"), ExtendRequest(scale=2, schema="v5")).config,
+        "gemma3-4x-portable": plan_extend(published("gemma-3-1b-it"), ExtendRequest(scale=4.0)).config,
+        "gemma3-4x-v5": plan_extend(published("gemma-3-1b-it"), ExtendRequest(scale=4.0, schema="v5")).config,
+        "mistral-saved-by-v5": mistral_saved,
+        "qwen2.5-saved-by-v5": qwen_saved,
+    }

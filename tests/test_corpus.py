@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from helpers import verdict_configs
 
 from yarnconv import rope, runtimes
 from yarnconv.cli import main
@@ -69,9 +70,11 @@ def corpus_runs(tmp_path_factory: pytest.TempPathFactory, hf4_python: Path) -> d
             runs[name].append({"run": run, "exit": result.exit_code, "output": result.output, "out": out, "src": src})
             if result.exit_code == 0:
                 dirs.append(out)
+    units = {name: _dummy_checkpoint(root / "unit" / name, cfg) for name, cfg in verdict_configs().items()}
+    dirs += units.values()
     v5 = _probe_all(Path(sys.executable), dirs)
     v4 = _probe_all(hf4_python, dirs)
-    return {"runs": runs, "v5": v5, "v4": v4}
+    return {"runs": runs, "v5": v5, "v4": v4, "units": units}
 
 
 def test_corpus_is_large_and_cited() -> None:
@@ -142,27 +145,40 @@ def test_corpus_outputs_load_alike_in_transformers_4_and_5(corpus_runs: dict[str
 _ROWS = {"v4": "transformers 4.56-4.57", "v5": "transformers 5.x"}
 
 
+def _check_predictions(corpus_runs: dict[str, Any], d: Path, label: str) -> None:
+    """inspect's 4.56-4.57 and 5.x rows for the config in ``d`` are what those versions build."""
+    view = read_config(json.loads((d / "config.json").read_text()))
+    if positional_scheme(view):
+        return
+    for version, row_name in _ROWS.items():
+        real = corpus_runs[version][str(d)]
+        predicted = runtimes.reading(view, row_name)
+        if predicted.error:
+            assert "error" in real, f"{label}: inspect predicts {row_name} fails ({predicted.error}) but it loads"
+            continue
+        assert "error" not in real, f"{label}: inspect predicts {row_name} loads, it fails: {real['error']}"
+        for lt, built in real["rope"].items():
+            spec = predicted.specs.get(lt) or predicted.specs.get("all") or predicted.specs.get("full_attention")
+            _match(built, rope.compute(spec), f"{label} {row_name} {lt}")
+        if view.is_mla:  # the softmax scale: head_dim^-0.5 times the predicted multiplier
+            (scale,) = real["softmax_scale"]
+            assert scale == pytest.approx(view.head_dim**-0.5 * predicted.softmax_multiplier, rel=1e-6), (label, row_name)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_inspect_predictions_match_real_transformers(corpus_runs: dict[str, Any], name: str) -> None:
     """For the source and each output, inspect's 4.56-4.57 and 5.x rows are what those versions build."""
     dirs = [corpus_runs["runs"][name][0]["src"]] + [r["out"] for r in corpus_runs["runs"][name] if r["exit"] == 0]
     for d in dirs:
-        view = read_config(json.loads((d / "config.json").read_text()))
-        if positional_scheme(view):
-            continue
-        for version, row_name in _ROWS.items():
-            real = corpus_runs[version][str(d)]
-            predicted = runtimes.reading(view, row_name)
-            if predicted.error:
-                assert "error" in real, f"{d.name}: inspect predicts {row_name} fails ({predicted.error}) but it loads"
-                continue
-            assert "error" not in real, f"{d.name}: inspect predicts {row_name} loads, it fails: {real['error']}"
-            for lt, built in real["rope"].items():
-                spec = predicted.specs.get(lt) or predicted.specs.get("all") or predicted.specs.get("full_attention")
-                _match(built, rope.compute(spec), f"{name}/{d.name} {row_name} {lt}")
-            if view.is_mla:  # the softmax scale: head_dim^-0.5 times the predicted multiplier
-                (scale,) = real["softmax_scale"]
-                assert scale == pytest.approx(view.head_dim**-0.5 * predicted.softmax_multiplier, rel=1e-6), (d.name, row_name)
+        _check_predictions(corpus_runs, d, f"{name}/{d.name}")
+
+
+def test_unit_test_verdicts_match_real_transformers(corpus_runs: dict[str, Any]) -> None:
+    """The configs whose "same" / "differs" / "fails" test_config and test_families assert from
+    yarnconv's runtime models: the real 4.57 and 5.x build exactly what those models say."""
+    assert len(corpus_runs["units"]) >= 8
+    for name, d in corpus_runs["units"].items():
+        _check_predictions(corpus_runs, d, name)
 
 
 # Families whose converter class takes the generic YaRN path and reads a SentencePiece tokenizer.model.

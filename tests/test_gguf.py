@@ -125,6 +125,29 @@ def test_export_f32_matches_transformers_past_original_context(tmp_path: Path, t
     assert kl0[256:].mean() > 100 * max(kl.max(), 1e-7)
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_export_carries_the_yarn_keys(tmp_path: Path, tokenizer_src: Path, family: str) -> None:
+    """Read back by gguf-py's own reader (no llama.cpp needed): context, type, factor, original length, theta."""
+    from gguf import GGUFReader
+
+    src = tiny_with_tokenizer(tmp_path / "src", family, tokenizer_src)
+    out = tmp_path / "y.gguf"
+    record = json.loads(run_cli("extend", str(src), "--scale", "4", "--gguf", "--outtype", "f32", "-o", str(out), "-q", "--json").stdout)
+    fields = {k: f.contents() for k, f in GGUFReader(out).fields.items() if not k.startswith("tokenizer.")}
+    arch = fields["general.architecture"]
+    assert fields[f"{arch}.context_length"] == 1024 == record["context_length"]
+    assert fields[f"{arch}.rope.scaling.type"] == "yarn"
+    assert fields[f"{arch}.rope.scaling.factor"] == 4.0
+    assert fields[f"{arch}.rope.scaling.original_context_length"] == 256
+    assert fields[f"{arch}.rope.freq_base"] == pytest.approx(json.loads((src / "config.json").read_text())["rope_theta"])
+    assert fields["yarnconv.version"] and len(fields["yarnconv.reserved"]) == 4096
+    plain = tmp_path / "plain.gguf"
+    run_cli("export", str(src), "--gguf", "--outtype", "f32", "-o", str(plain), "-q")
+    plain_fields = GGUFReader(plain).fields  # negative control: the source itself carries no YaRN
+    assert plain_fields[f"{arch}.context_length"].contents() == 256
+    assert f"{arch}.rope.scaling.type" not in plain_fields or plain_fields[f"{arch}.rope.scaling.type"].contents() == "none"
+
+
 @pytest.mark.needs("llama_cpp")
 def test_export_real_smollm2_matches_transformers(tmp_path: Path, smollm2_dir: Path) -> None:
     """The real 30-layer SmolLM2-135M; its config is pointed at a 256-token original so 700 tokens go 2.7x past it."""

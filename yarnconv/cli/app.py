@@ -17,7 +17,6 @@ from typing import Any
 import click
 
 from yarnconv import __version__
-from yarnconv.cli import demo_cmd, export_cmd, extend_cmd, inspect_cmd
 from yarnconv.errors import UsageError, YarnconvError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -52,8 +51,23 @@ def os_error_line(exc: OSError) -> str:
     return f"{exc.strerror or exc}: {where} (check the path)"
 
 
+# command name -> module under yarnconv.cli; imported only when that command runs (start-up cost)
+COMMANDS = {"demo": "demo_cmd", "export": "export_cmd", "extend": "extend_cmd", "inspect": "inspect_cmd"}
+
+
 class _Group(click.Group):
-    """Turns library errors into one line, and unexpected ones into one line plus a debug hint."""
+    """Loads commands on demand; turns library errors into one line, and unexpected ones into one
+    line plus a debug hint."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        import importlib
+
+        return getattr(importlib.import_module(f"yarnconv.cli.{COMMANDS[cmd_name]}"), cmd_name)  # type: ignore[no-any-return]
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -102,6 +116,3 @@ def main() -> None:
         with contextlib.suppress(ValueError):  # not the main thread (embedded use): leave signals alone
             signal.signal(signal.SIGTERM, _on_sigterm)
 
-
-for _command in (inspect_cmd.inspect, extend_cmd.extend, export_cmd.export, demo_cmd.demo):
-    main.add_command(_command)

@@ -8,12 +8,13 @@ range; ``rope_freqs.weight`` divides each pair's angle and is honoured by llama-
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from yarnconv import rope
 from yarnconv.config import RopeBlock
-from yarnconv.gguf.file import GGUFValueType
+from yarnconv.gguf.file import PAD_KEY, GGUFHeader, GGUFValueType
 
 # llama.cpp architectures with no rotary embedding to rescale.
 NO_ROPE_ARCHS = {
@@ -265,3 +266,32 @@ def effective(r: GGUFRope) -> dict[str, Any]:
     elif r.attn_factor != 1.0:
         out["attention_magnitude"] = r.attn_factor
     return out
+
+
+def _stored(vtype: GGUFValueType, value: Any) -> Any:
+    """``value`` as it reads back once written with ``vtype`` (float32 rounding)."""
+    if vtype == GGUFValueType.FLOAT32:
+        return struct.unpack("<f", struct.pack("<f", float(value)))[0]
+    return value
+
+
+def check_written_keys(written: GGUFHeader, keys: KeyPlan, before: GGUFHeader | None = None) -> None:
+    """Read-back self-check of a file yarnconv wrote: every planned key holds its planned value,
+    removed keys are gone, and (for a patch) every other key of ``before`` is unchanged."""
+    for k, (vtype, value) in keys.sets.items():
+        kv = written.kvs.get(k)
+        if kv is None or kv.vtype != vtype or kv.value != _stored(vtype, value):
+            raise AssertionError(f"yarnconv bug: {written.path.name} reads {k} = {kv and kv.value!r}, planned {value!r}")
+    for k in keys.removes:
+        if k in written.kvs:
+            raise AssertionError(f"yarnconv bug: {written.path.name} still has {k}")
+    if before is None:
+        return
+    kept = [k for k in before.order if k not in keys.sets and k not in keys.removes and k != PAD_KEY]
+    for k in kept:
+        old, new = before.kvs[k], written.kvs.get(k)
+        if new is None or (new.vtype, new.value, new.subtype, new.count) != (old.vtype, old.value, old.subtype, old.count):
+            raise AssertionError(f"yarnconv bug: {written.path.name} changed {k}, which the patch does not touch")
+    extra = set(written.kvs) - set(kept) - set(keys.sets) - {PAD_KEY}
+    if extra:
+        raise AssertionError(f"yarnconv bug: {written.path.name} gained {sorted(extra)[0]}")

@@ -23,9 +23,18 @@ from typing import Any
 
 from yarnconv.errors import UsageError, YarnconvError
 from yarnconv.gguf.file import MAGIC, PAD_KEY, PAD_MIN, RESERVE, SHARD_RE, GGUFHeader, encode_kv, pad_kv, read_header, shard_paths
-from yarnconv.gguf.keys import NO_ROPE_ARCHS, SPECIAL_YARN_ARCHS, KeyPlan, llama_cpp_flags, plan_keys, pseudo_config, read_rope
+from yarnconv.gguf.keys import (
+    NO_ROPE_ARCHS,
+    SPECIAL_YARN_ARCHS,
+    KeyPlan,
+    check_written_keys,
+    llama_cpp_flags,
+    plan_keys,
+    pseudo_config,
+    read_rope,
+)
 from yarnconv.plan import ExtendPlan, ExtendRequest, plan_extend
-from yarnconv.storage.atomic import check_writable_parent, made_dirs, remove_empty, require_space, scratch_path, sweep_stale
+from yarnconv.storage.atomic import atomic_files, check_writable_parent, require_space
 from yarnconv.storage.files import place_file
 from yarnconv.storage.progress import progress_bar
 
@@ -183,7 +192,7 @@ def patch(
             )
         record.update(mode="in-place", output=str(src), header_bytes=len(new))
         if not dry_run:
-            _write_in_place(src, header, new)
+            _write_in_place(src, header, new, pp.keys)
         return record
     if output is None:
         raise UsageError("no output given", "pass -o NEW.gguf, or --in-place to edit the file itself")
@@ -202,21 +211,12 @@ def patch(
     new = fresh_header(header, kv_bytes, infos, n_kv)
     record.update(mode="rewrite", output=str(dst_paths[0]), outputs=[str(p) for p in dst_paths], header_bytes=len(new))
     if not dry_run:
-        created = made_dirs(dst_paths[0].parent)
-        try:
-            sweep_stale(dst_paths[0].parent)
-            require_space(dst_paths[0].parent, len(new) + header.size - header.data_offset, "the patched file")
+        with atomic_files(dst_paths, "patch") as scratch:
+            require_space(scratch, len(new) + header.size - header.data_offset, "the patched file")
             for s, d in list(zip(shards, dst_paths, strict=True))[1:]:
-                tmp = scratch_path(d.parent, "part", ".gguf")
-                try:
-                    record.setdefault("shard_actions", []).append(place_file(s, tmp, link))
-                    os.replace(tmp, d)
-                finally:
-                    tmp.unlink(missing_ok=True)
-            _rewrite(src, header, new, dst_paths[0], progress)
-        except BaseException:
-            remove_empty(created)
-            raise
+                record.setdefault("shard_actions", []).append(place_file(s, scratch / d.name, link))
+            _rewrite(src, header, new, scratch / dst_paths[0].name, progress)
+            check_written_keys(read_header(scratch / dst_paths[0].name), pp.keys, header)
     return record
 
 
@@ -265,18 +265,13 @@ def _copy_range(fin: int, fout: int, offset: int, length: int, bar: Any) -> None
 
 
 def _rewrite(src: Path, header: GGUFHeader, new_header: bytes, dst: Path, progress: bool) -> None:
-    tmp = scratch_path(dst.parent, "part", ".gguf")
+    """The new header, then the input's data section copied verbatim; the layout is re-read and checked."""
     data_len = header.size - header.data_offset
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout, progress_bar(data_len, progress, "patch") as bar:
-            fout.write(new_header)
-            fout.flush()
-            _copy_range(fin.fileno(), fout.fileno(), header.data_offset, data_len, bar)
-        check = read_header(tmp)
-        _same_tensors(header, check)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with open(src, "rb") as fin, open(dst, "wb") as fout, progress_bar(data_len, progress, "patch") as bar:
+        fout.write(new_header)
+        fout.flush()
+        _copy_range(fin.fileno(), fout.fileno(), header.data_offset, data_len, bar)
+    _same_tensors(header, read_header(dst))
 
 
 def _same_tensors(old: GGUFHeader, new: GGUFHeader) -> None:
@@ -306,7 +301,7 @@ def _recover_in_place(path: Path) -> None:
     backup.unlink()
 
 
-def _write_in_place(path: Path, header: GGUFHeader, new: bytes) -> None:
+def _write_in_place(path: Path, header: GGUFHeader, new: bytes, keys: KeyPlan) -> None:
     """Overwrite [0, data_offset) after backing it up; restore the backup if the result does not re-read."""
     backup = _backup_path(path)
     with open(path, "r+b") as f:
@@ -324,6 +319,7 @@ def _write_in_place(path: Path, header: GGUFHeader, new: bytes) -> None:
             os.fsync(f.fileno())
             check = read_header(path)
             _same_tensors(header, check)
+            check_written_keys(check, keys, header)
             if check.data_offset != header.data_offset:
                 raise AssertionError("yarnconv bug: the in-place edit moved the data section")
         except BaseException:

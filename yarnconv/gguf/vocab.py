@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,26 +99,49 @@ def _added(tok: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {int(t["id"]): t for t in tok.get("added_tokens", []) if isinstance(t, dict) and "id" in t}
 
 
-def add_vocab(writer: GGUFWriter, root: Path, n_vocab: int, *, pre_tokenizer: str | None = None) -> dict[str, Any]:
-    """Write tokenizer.* keys for the checkpoint in ``root``; returns what was written."""
+@dataclass
+class VocabPlan:
+    """The tokenizer.* metadata decided from the checkpoint's tokenizer files, before any writing."""
+
+    model: str  # llama (SentencePiece) or gpt2 (byte-level BPE)
+    pre: str
+    tokens: list[bytes]
+    types: list[int]
+    scores: list[float] | None
+    info: dict[str, Any] = field(default_factory=dict)
+    special: SpecialVocab | None = None  # special token ids, merges and chat template
+
+    def add_to(self, writer: GGUFWriter) -> None:
+        """Record the keys through gguf-py's public writer API (the order llama.cpp's converter uses)."""
+        writer.add_tokenizer_model(self.model)
+        writer.add_tokenizer_pre(self.pre)
+        writer.add_token_list(self.tokens)
+        if self.scores is not None:
+            writer.add_token_scores(self.scores)
+        writer.add_token_types(self.types)
+        if self.special is not None:
+            self.special.add_to_gguf(writer, quiet=True)
+
+
+def plan_vocab(root: Path, n_vocab: int, *, pre_tokenizer: str | None = None) -> VocabPlan:
+    """Choose the tokenizer route for the checkpoint in ``root`` and build its token tables."""
     tok = _read_tokenizer_json(root)
     model = tok["model"] if tok else {}
     if (root / "tokenizer.model").is_file() and (tok is None or model.get("byte_fallback")):
-        info = _sentencepiece(writer, root, n_vocab, tok)
+        plan = _sentencepiece(root, n_vocab, tok)
     elif tok is not None and model.get("type") == "BPE" and model.get("byte_fallback"):
-        info = _llama_hf(writer, tok, n_vocab)
+        plan = _llama_hf(tok, n_vocab)
     elif tok is not None and model.get("type") == "BPE":
-        info = _gpt2(writer, tok, n_vocab, pre_tokenizer)
+        plan = _gpt2(tok, n_vocab, pre_tokenizer)
     else:
         raise YarnconvError(
             "no tokenizer yarnconv can export (needs tokenizer.json with a BPE model, or tokenizer.model)",
             "convert with llama.cpp's convert_hf_to_gguf.py, then patch YaRN in with yarnconv extend FILE.gguf",
         )
-    special = SpecialVocab(root, load_merges=info["model"] == "gpt2", n_vocab=n_vocab)
-    special.add_to_gguf(writer, quiet=True)
-    info["special_tokens"] = dict(special.special_token_ids)
-    info["chat_template"] = special.chat_template is not None
-    return info
+    plan.special = SpecialVocab(root, load_merges=plan.model == "gpt2", n_vocab=n_vocab)
+    plan.info["special_tokens"] = dict(plan.special.special_token_ids)
+    plan.info["chat_template"] = plan.special.chat_template is not None
+    return plan
 
 
 def _pad_to(tokens: list[bytes], scores: list[float], types: list[int], n_vocab: int) -> None:
@@ -139,7 +163,7 @@ def _by_id(tok: dict[str, Any], n_vocab: int) -> dict[int, str]:
     return vocab
 
 
-def _gpt2(writer: GGUFWriter, tok: dict[str, Any], n_vocab: int, pre_tokenizer: str | None) -> dict[str, Any]:
+def _gpt2(tok: dict[str, Any], n_vocab: int, pre_tokenizer: str | None) -> VocabPlan:
     if pre_tokenizer is not None and pre_tokenizer not in LLAMA_CPP_PRE:
         near = [n for n in sorted(LLAMA_CPP_PRE) if n.replace("-", "") == pre_tokenizer.replace("-", "")]
         raise YarnconvError(
@@ -168,14 +192,11 @@ def _gpt2(writer: GGUFWriter, tok: dict[str, Any], n_vocab: int, pre_tokenizer: 
         else:
             types.append(TokenType.NORMAL)
         tokens.append(text.encode("utf-8"))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    return {"model": "gpt2", "pre": pre, "pre_source": "--pre-tokenizer" if pre_tokenizer else "tokenizer.json", "tokens": n_vocab}
+    info = {"model": "gpt2", "pre": pre, "pre_source": "--pre-tokenizer" if pre_tokenizer else "tokenizer.json", "tokens": n_vocab}
+    return VocabPlan("gpt2", pre, tokens, types, None, info)
 
 
-def _llama_hf(writer: GGUFWriter, tok: dict[str, Any], n_vocab: int) -> dict[str, Any]:
+def _llama_hf(tok: dict[str, Any], n_vocab: int) -> VocabPlan:
     """A SentencePiece-style BPE (byte_fallback) known only through tokenizer.json.
 
     llama.cpp's SPM tokenizer merges by score; tokenizer.json keeps no scores, but SentencePiece
@@ -204,20 +225,16 @@ def _llama_hf(writer: GGUFWriter, tok: dict[str, Any], n_vocab: int) -> dict[str
             types.append(TokenType.NORMAL)
             scores.append(-float(i))
         tokens.append(text.encode("utf-8"))
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    return {"model": "llama", "pre": "default", "pre_source": "sentencepiece", "tokens": n_vocab, "scores": "-rank from tokenizer.json"}
+    info = {"model": "llama", "pre": "default", "pre_source": "sentencepiece", "tokens": n_vocab, "scores": "-rank from tokenizer.json"}
+    return VocabPlan("llama", "default", tokens, types, scores, info)
 
 
-def _sentencepiece(writer: GGUFWriter, root: Path, n_vocab: int, tok: dict[str, Any] | None) -> dict[str, Any]:
+def _sentencepiece(root: Path, n_vocab: int, tok: dict[str, Any] | None) -> VocabPlan:
     try:
         from sentencepiece import SentencePieceProcessor
     except ImportError:
         if tok is not None:
-            return _llama_hf(writer, tok, n_vocab)
+            return _llama_hf(tok, n_vocab)
         raise YarnconvError("tokenizer.model needs the sentencepiece package", "pip install sentencepiece") from None
     sp = SentencePieceProcessor()
     try:
@@ -253,9 +270,5 @@ def _sentencepiece(writer: GGUFWriter, root: Path, n_vocab: int, tok: dict[str, 
     if len(tokens) > n_vocab:
         raise YarnconvError(f"tokenizer has {len(tokens)} tokens but vocab_size is {n_vocab}", "fix vocab_size in config.json")
     _pad_to(tokens, scores, types, n_vocab)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    return {"model": "llama", "pre": "default", "pre_source": "sentencepiece", "tokens": n_vocab}
+    info = {"model": "llama", "pre": "default", "pre_source": "sentencepiece", "tokens": n_vocab}
+    return VocabPlan("llama", "default", tokens, types, scores, info)

@@ -7,10 +7,8 @@ Weights are linked (or copied) byte for byte; only config.json (and a matching
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,18 @@ from yarnconv.errors import YarnconvError
 from yarnconv.hf.sidecar import write_sidecar
 from yarnconv.plan import ExtendPlan, ExtendRequest, plan_extend
 from yarnconv.storage.atomic import atomic_dir, check_output_location, require_space
-from yarnconv.storage.files import CONFIG, LINK_THRESHOLD, RECORD, SIDECAR, is_weight_file, place_file, read_json, walk_files, write_json
+from yarnconv.storage.files import (
+    CONFIG,
+    LINK_THRESHOLD,
+    RECORD,
+    SIDECAR,
+    copy_small,
+    is_weight_file,
+    place_file,
+    read_json,
+    walk_files,
+    write_json,
+)
 from yarnconv.storage.progress import progress_bar
 from yarnconv.storage.sources import resolve
 from yarnconv.storage.weights import scan_weights
@@ -78,8 +87,7 @@ def extend(
             elif is_weight_file(rel) or size >= LINK_THRESHOLD:
                 action = place_file(src_file, dst_file, link)
             else:
-                dst_file.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(src_file.resolve(), dst_file)
+                copy_small(src_file, dst_file)
                 action = "copy"
             files.append({"path": rel.as_posix(), "action": action, "bytes": size})
             bar.update(size)
@@ -117,9 +125,17 @@ def _record(
         "yarnconv_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "extend",
-        "source": {**src.describe(), "config_sha256": hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()},
+        "source": {**src.describe(), "config_sha256": _sha256(json.dumps(raw, sort_keys=True).encode())},
         "request": request_dict,
         "link_mode": link,
         **plan.summary(),
         "files": files,
     }
+
+
+def _sha256(data: bytes) -> str:
+    try:  # CPython's built-in module: no OpenSSL to load for one small digest (start-up cost)
+        from _sha256 import sha256  # type: ignore[import-not-found]
+    except ImportError:
+        from hashlib import sha256
+    return str(sha256(data).hexdigest())

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +20,24 @@ SCRATCH_RE = re.compile(r"^\.yarnconv-(?P<kind>[a-z]+)-(?P<pid>\d+)-[0-9a-f]{8}(
 
 def scratch_path(parent: Path, kind: str, suffix: str = "") -> Path:
     """A short hidden name beside the output (at most ~40 bytes, so any legal output name works)."""
-    return parent / f".yarnconv-{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+    return parent / f".yarnconv-{kind}-{os.getpid()}-{os.urandom(4).hex()}{suffix}"
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a scratch directory (or file); shutil is imported only when there is something in it."""
+    try:
+        path.rmdir()
+        return
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        path.unlink(missing_ok=True)
+        return
+    except OSError:
+        pass
+    import shutil  # start-up cost: only on the rare path that needs it
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -47,7 +62,7 @@ def sweep_stale(parent: Path) -> list[str]:
         if not m or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
             continue
         if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
+            remove_tree(entry)
         else:
             entry.unlink(missing_ok=True)
         removed.append(entry.name)
@@ -59,7 +74,8 @@ def require_space(directory: Path, needed: int, what: str) -> None:
     probe = directory
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    st = os.statvfs(probe)
+    free = st.f_bavail * st.f_frsize  # what shutil.disk_usage reports as free
     if needed > free:
         raise YarnconvError(
             f"not enough space for {what} in {directory}: needs {_human(needed)}, {_human(free)} free", "free some space or choose another -o"
@@ -139,12 +155,32 @@ def atomic_dir(target: Path, *, force: bool = False) -> Iterator[Path]:
             trash = scratch_path(target.parent, "old")
             os.rename(target, trash)
             os.rename(scratch, target)
-            shutil.rmtree(trash, ignore_errors=True)
+            remove_tree(trash)
         else:
             os.rename(scratch, target)
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch)
         remove_empty(created)
         raise
 
 
+@contextlib.contextmanager
+def atomic_files(targets: list[Path], kind: str = "files") -> Iterator[Path]:
+    """Yield a scratch directory beside ``targets[0]``; write each target into it under its own
+    name. On success they take their final names, the first one last (it is what users open);
+    on any error, Ctrl-C or SIGTERM the scratch is removed and no target is touched."""
+    parent = targets[0].absolute().parent
+    created = made_dirs(parent)
+    scratch = scratch_path(parent, kind)
+    ok = False
+    try:
+        sweep_stale(parent)
+        scratch.mkdir()
+        yield scratch
+        for target in targets[1:] + targets[:1]:
+            os.replace(scratch / target.name, target)
+        ok = True
+    finally:
+        remove_tree(scratch)
+        if not ok:
+            remove_empty(created)

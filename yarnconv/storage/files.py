@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,8 +99,14 @@ def place_file(src: Path, dst: Path, mode: str = "auto") -> str:
         except OSError as exc:
             if mode == "hardlink" or exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
                 raise YarnconvError(f"cannot hardlink {src.name}: {exc.strerror}", "use --link auto or copy") from None
+    import shutil  # start-up cost: links are the common case
+
     shutil.copyfile(real, dst)
     shutil.copymode(real, dst)
     return "copy"
 
 
+def copy_small(src: Path, dst: Path) -> None:
+    """Copy a small file (configs, tokenizers: under ``LINK_THRESHOLD``) by content, following symlinks."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(src.resolve().read_bytes())
