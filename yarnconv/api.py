@@ -91,6 +91,21 @@ class ExportJob:
     dry_run: bool = option(False, "Show what would be written; write nothing.")
 
 
+@dataclass(frozen=True)
+class InspectJob:
+    """What ``yarnconv inspect`` takes besides the model."""
+
+    revision: str | None = option(help="Hub revision, when MODEL is a Hub id.")
+
+
+@dataclass(frozen=True)
+class DemoJob:
+    """What ``yarnconv demo`` takes."""
+
+    output: str = option("demo-out", "Output directory (the GGUF goes beside it as OUTPUT.gguf).", short="-o", kind=os.PathLike)
+    scale: float = option(4.0, "YaRN factor for the demo.", kind=float)
+
+
 @dataclass
 class Result:
     """What a command did. ``record`` is the JSON the CLI prints with ``--json``; ``route`` says
@@ -193,9 +208,10 @@ def export(model: str | os.PathLike[str], job: ExportJob, *, progress: bool = Tr
     return Result("export", "gguf", {**record, "dry_run": job.dry_run})
 
 
-def inspect(model: str | os.PathLike[str], *, revision: str | None = None) -> Result:
+def inspect(model: str | os.PathLike[str], job: InspectJob = InspectJob()) -> Result:
     """``yarnconv inspect``: describe a checkpoint or GGUF file and what each runtime makes of it."""
     text = os.fspath(model)
+    revision = job.revision
     if text.endswith(".gguf") or os.path.isfile(text):
         if revision is not None:
             raise UsageError("--revision does not apply to a GGUF file", "drop it")
@@ -207,9 +223,9 @@ def inspect(model: str | os.PathLike[str], *, revision: str | None = None) -> Re
     return Result("inspect", "hf", inspect_model(model, revision=revision))
 
 
-def demo(output: str | os.PathLike[str] = "demo-out", scale: float = 4.0, *, progress: bool = True) -> Result:
+def demo(job: DemoJob = DemoJob(), *, progress: bool = True) -> Result:
     """``yarnconv demo``: extend the built-in SmolLM2, export it, and check both runtimes agree."""
     from yarnconv.verify.demo import run_demo
 
-    data, checks = run_demo(output, scale, progress=progress)
+    data, checks = run_demo(job.output, job.scale, progress=progress)
     return Result("demo", "builtin:smollm2", data, ok=data["ok"], details={"checks": checks})

@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
+from yarnconv.api import DemoJob
 from yarnconv.cli.inspect_cmd import print_inspect
+from yarnconv.cli.options import request_from, request_options
 from yarnconv.cli.output import print_record
 
 
 @click.command()
-@click.option("-o", "--output", default="demo-out", show_default=True, type=click.Path(file_okay=False))
-@click.option("--scale", default=4.0, show_default=True, help="YaRN factor for the demo.")
+@request_options(DemoJob)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def demo(output: str, scale: float, as_json: bool) -> None:
+def demo(as_json: bool, **settings: Any) -> None:
     """Extend the built-in SmolLM2-135M (8k) with YaRN, export it to GGUF, and prove transformers and llama.cpp agree."""
     from yarnconv import api
 
     if not as_json:
         click.echo("materialising builtin:smollm2 (first run dequantises the shipped GGUF, ~30 s)...", err=True)
-    result = api.demo(output, scale, progress=not as_json)
+    result = api.demo(request_from(DemoJob, settings), progress=not as_json)
     r = result.to_dict()
     if as_json:
         click.echo(json.dumps(r, indent=2, default=str))

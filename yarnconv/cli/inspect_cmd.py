@@ -6,18 +6,20 @@ from typing import Any
 
 import click
 
+from yarnconv.api import InspectJob
+from yarnconv.cli.options import request_from, request_options
 from yarnconv.cli.output import emit, fmt_bytes
 
 
 @click.command()
 @click.argument("model")
-@click.option("--revision", help="Hub revision, when MODEL is a Hub id.")
+@request_options(InspectJob)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def inspect(model: str, revision: str | None, as_json: bool) -> None:
+def inspect(model: str, as_json: bool, **settings: Any) -> None:
     """Describe MODEL and lint its RoPE config: what each runtime will effectively use."""
     from yarnconv import api
 
-    result = api.inspect(model, revision=revision)
+    result = api.inspect(model, request_from(InspectJob, settings))
     emit(result.to_dict(), as_json, print_inspect_gguf if result.route == "gguf" else print_inspect)
 
 

@@ -18,11 +18,10 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter, QuantError, quant_shape_to_byte_shape, quants
 
 from yarnconv import __version__
-from yarnconv.errors import YarnconvError
 from yarnconv.gguf.export_plan import _ST_DTYPES, ExportPlan, OutTensor, Q, plan_export
 from yarnconv.gguf.file import PAD_KEY, RESERVE, read_header
 from yarnconv.gguf.keys import check_written_keys
-from yarnconv.storage.atomic import atomic_files, require_space
+from yarnconv.storage.atomic import atomic_files, check_new_files, require_space
 from yarnconv.storage.files import CONFIG, read_json
 from yarnconv.storage.progress import progress_bar
 from yarnconv.storage.weights import TensorInfo
@@ -142,9 +141,7 @@ def export_gguf(
     raw = config if config is not None else read_json(root / CONFIG, CONFIG)
     plan = plan_export(root, raw, outtype, route=route, name=name, pre_tokenizer=pre_tokenizer, split_max_size=split_max_size, output=output)
     record: dict[str, Any] = {"source": str(root), **plan.summary()}
-    for p in plan.outputs:
-        if p.exists() and not force:
-            raise YarnconvError(f"{p} already exists", "choose another -o or pass --force")
+    check_new_files(plan.outputs, force=force)
     if dry_run:
         return record
     with atomic_files(plan.outputs, "export") as scratch:

@@ -129,14 +129,6 @@ def _outtype_for(name: str, shape: tuple[int, ...], outtype: GGMLQuantizationTyp
     return outtype, None
 
 
-def _outtype_for(name: str, shape: tuple[int, ...], outtype: GGMLQuantizationType) -> tuple[GGMLQuantizationType, str | None]:
-    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
-        return Q.F32, None
-    if outtype == Q.Q8_0 and shape[-1] % 32:
-        return Q.F16, f"{name}: row length {shape[-1]} is not a multiple of 32, written as F16 (as llama.cpp's converter does)"
-    return outtype, None
-
-
 def plan_export(
     root: Path,
     config: dict[str, Any],

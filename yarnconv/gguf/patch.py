@@ -34,7 +34,7 @@ from yarnconv.gguf.keys import (
     read_rope,
 )
 from yarnconv.plan import ExtendPlan, ExtendRequest, plan_extend
-from yarnconv.storage.atomic import atomic_files, check_writable_parent, require_space
+from yarnconv.storage.atomic import atomic_files, check_new_files, require_space
 from yarnconv.storage.files import place_file
 from yarnconv.storage.progress import progress_bar
 
@@ -200,14 +200,7 @@ def patch(
     if target.is_dir() or str(output).endswith(os.sep):
         target = target / src.name
     dst_paths = _output_paths(target, shards)
-    for s, d in zip(shards, dst_paths, strict=True):
-        if d.resolve() == s.resolve():
-            raise YarnconvError(f"{d} is the input file", "use --in-place to edit it, or choose another -o")
-        if d.exists() and not force_output:
-            raise YarnconvError(f"{d} already exists", "choose another -o or pass --force")
-        if d.is_dir():
-            raise YarnconvError(f"{d} is a directory", "choose a file name for -o")
-        check_writable_parent(d)
+    check_new_files(dst_paths, force=force_output, inputs=shards)
     new = fresh_header(header, kv_bytes, infos, n_kv)
     record.update(mode="rewrite", output=str(dst_paths[0]), outputs=[str(p) for p in dst_paths], header_bytes=len(new))
     if not dry_run:

@@ -101,6 +101,20 @@ def check_writable_parent(output: Path) -> None:
             return
 
 
+def check_new_files(targets: list[Path], *, force: bool, inputs: list[Path] | None = None) -> None:
+    """Refuse file outputs that are an input, a directory, or exist (without ``force``), or whose
+    parent cannot be written; the one check every file-writing command makes before it starts."""
+    sources = {p.resolve() for p in inputs or []}
+    for target in targets:
+        if target.resolve() in sources:
+            raise YarnconvError(f"{target} is the input file", "use --in-place to edit it, or choose another -o")
+        if target.is_dir():
+            raise YarnconvError(f"{target} is a directory", "choose a file name for -o")
+        if target.exists() and not force:
+            raise YarnconvError(f"{target} already exists", "choose another -o or pass --force")
+        check_writable_parent(target)
+
+
 def made_dirs(target: Path) -> list[Path]:
     """Create ``target`` and missing parents; return the ones created (to remove if the run fails)."""
     missing = []

@@ -146,9 +146,10 @@ def _restore_pre_tokenizer(gguf_path: Path, tokenizer_json: Path) -> str | None:
     SmolLM2's ``smollm`` splits every digit before the GPT-2 rules (llama.cpp's llama-vocab.cpp);
     transformers rebuilds it as plain ByteLevel, so exports and tokenization would differ.
     """
-    from yarnconv.gguf.file import read_header
+    from gguf import GGUFReader  # gguf-py's reader: storage sits below yarnconv.gguf
 
-    pre = read_header(gguf_path).get("tokenizer.ggml.pre")
+    field = GGUFReader(gguf_path).fields.get("tokenizer.ggml.pre")
+    pre = field.contents() if field is not None else None
     if pre == "smollm":
         data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
         data["pre_tokenizer"] = {
