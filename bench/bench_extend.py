@@ -58,6 +58,7 @@ def _generate(root: Path, size_gb: float) -> None:
                 for n in ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight")
             }
         )
+        shapes.update({p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,)})
         shapes.update(
             {
                 p + "mlp.gate_proj.weight": (inter, hidden),
@@ -78,6 +79,8 @@ def _generate(root: Path, size_gb: float) -> None:
 
     for name in names:
         t = torch.empty(shapes[name], dtype=torch.bfloat16).uniform_(-0.02, 0.02)
+        if name.endswith("norm.weight"):
+            t.fill_(1.0)
         shard[name] = t
         shard_bytes += t.numel() * 2
         if shard_bytes >= 500e6:

@@ -1,0 +1,219 @@
+"""A plain PyTorch decoder for the families yarnconv exports, used as the reference in ``verify``.
+
+Llama / Mistral, Qwen2 (q/k/v biases) and Qwen3 (per-head q/k RMSNorm): grouped-query attention,
+RMSNorm, SwiGLU, tied or separate output embeddings, partial rotary. Its rotary embedding comes
+from yarnconv's own YaRN math (:mod:`yarnconv.rope`), never from a runtime, so an engine that
+misreads the config disagrees with it.
+
+Memory stays bounded whatever the model size: the checkpoint is streamed layer by layer from the
+memory-mapped safetensors files (one layer's weights in float32 at a time, freed before the
+next), the embedding is read row by row for the tokens in use, attention runs over query chunks,
+and the output projection over vocabulary chunks. Token positions are explicit, so short probes
+can sit at large position ids (long rope distances without long sequences).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from yarnconv import rope
+from yarnconv.config import ConfigView, read_config
+from yarnconv.errors import YarnconvError
+from yarnconv.storage.files import CONFIG, read_json
+from yarnconv.storage.weights import scan_weights
+
+FAMILIES = {"llama", "mistral", "qwen2", "qwen3"}
+QUERY_CHUNK = 256  # attention rows per step: the score matrix is heads x chunk x keys
+VOCAB_CHUNK = 4096  # output-projection rows per step
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the forward needs from config.json (already resolved with the family's class defaults)."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    rotary_dim: int
+    eps: float
+    tied: bool
+    qk_norm: bool
+
+
+def _shape(view: ConfigView) -> Shape:
+    r = view.resolved
+    if view.model_type not in FAMILIES:
+        raise YarnconvError(
+            f"the reference forward runs llama, mistral, qwen2 and qwen3 models, not {view.model_type!r}",
+            "verify this model with the runtimes themselves (--engines transformers,llama.cpp)",
+        )
+    if not (view.num_layers and view.hidden_size and view.num_heads and view.head_dim and view.rotary_dim):
+        raise YarnconvError("config.json lacks the layer count, hidden size or head counts", "is this a decoder-only model config?")
+    return Shape(
+        layers=view.num_layers,
+        hidden=view.hidden_size,
+        heads=view.num_heads,
+        kv_heads=view.num_kv_heads or view.num_heads,
+        head_dim=view.head_dim,
+        rotary_dim=view.rotary_dim,
+        eps=float(r.get("rms_norm_eps") or 1e-6),
+        tied=bool(r.get("tie_word_embeddings", False)),
+        qk_norm=view.model_type == "qwen3",
+    )
+
+
+class Weights:
+    """Tensors of a safetensors checkpoint, read one at a time as float32.
+
+    Reads go through ``pread`` rather than a memory map, so the file's pages are never counted in
+    this process's memory: peak RSS is what the forward holds, about one layer.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.tensors = scan_weights(root).tensors
+        if not self.tensors:
+            raise YarnconvError(f"no safetensors weights in {root}", "the reference forward reads model.safetensors or an index and shards")
+        self._fds: dict[Path, int] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def __del__(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+
+    def _read(self, name: str, first: int = 0, count: int | None = None) -> torch.Tensor:
+        """Rows [first, first + count) of tensor ``name`` (all of it by default) as float32."""
+        info = self.tensors.get(name)
+        if info is None or info.path is None:
+            raise YarnconvError(f"the checkpoint has no tensor {name}", "is it complete, and of a family the reference forward runs?")
+        if info.dtype not in _DTYPES:
+            raise YarnconvError(f"tensor {name} is {info.dtype}", "the reference forward reads F32, F16 and BF16 weights")
+        if info.path not in self._fds:
+            self._fds[info.path] = os.open(info.path, os.O_RDONLY)
+        rows = info.shape[0] if info.shape else 1
+        row_bytes = info.nbytes // max(rows, 1)
+        count = rows - first if count is None else count
+        raw = bytearray(os.pread(self._fds[info.path], count * row_bytes, info.offset + first * row_bytes))
+        flat = torch.frombuffer(raw, dtype=_DTYPES[info.dtype]) if raw else torch.empty(0, dtype=_DTYPES[info.dtype])
+        return flat.float().reshape(count, *info.shape[1:]) if info.shape else flat.float().reshape(())
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._read(name)
+
+    def rows(self, name: str, index: torch.Tensor) -> torch.Tensor:
+        """Selected rows of a 2-D tensor (the embedding rows of the tokens in use)."""
+        unique, inverse = torch.unique(index, return_inverse=True)
+        picked = torch.stack([self._read(name, int(i), 1)[0] for i in unique])
+        return picked[inverse]
+
+    def row_chunks(self, name: str, chunk: int) -> Any:
+        n = self.tensors[name].shape[0]
+        for start in range(0, n, chunk):
+            yield self._read(name, start, min(chunk, n - start))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def rotary_tables(spec: rope.RopeSpec, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin per position for the rotated channels, magnitude included.
+
+    The inverse frequencies are yarnconv's float32 values, and angles are formed in float32 as
+    transformers forms them, so a runtime that reads the plan agrees to float32 rounding.
+    """
+    result = rope.compute(spec, precision="float32")
+    inv = torch.tensor(result.inv_freq, dtype=torch.float32)
+    angles = positions.float()[:, None] * inv[None, :]
+    emb = torch.cat([angles, angles], dim=-1)
+    return emb.cos() * result.attention_factor, emb.sin() * result.attention_factor
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` channels of each head by pairs (i, i + d/2), as HF checkpoints lay them out."""
+    d = cos.shape[-1]
+    rot, rest = x[..., :d], x[..., d:]
+    half = d // 2
+    rotated = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
+    return torch.cat([rot * cos + rotated * sin, rest], dim=-1)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Causal attention by position id (a key is visible when its position is not after the query's),
+    over query chunks. q: [heads, T, d]; k, v: [kv_heads, T, d]."""
+    groups = q.shape[0] // k.shape[0]
+    k, v = k.repeat_interleave(groups, dim=0), v.repeat_interleave(groups, dim=0)
+    scale = q.shape[-1] ** -0.5
+    out = torch.empty_like(q[..., : v.shape[-1]])
+    for start in range(0, q.shape[1], QUERY_CHUNK):
+        end = min(q.shape[1], start + QUERY_CHUNK)
+        scores = torch.matmul(q[:, start:end], k.transpose(1, 2)) * scale
+        hidden = positions[None, :] > positions[start:end, None]
+        scores.masked_fill_(hidden[None], float("-inf"))
+        out[:, start:end] = torch.matmul(torch.softmax(scores, dim=-1), v)
+    return out
+
+
+class ReferenceModel:
+    """The reference decoder over an HF checkpoint directory (weights streamed per layer)."""
+
+    def __init__(self, root: str | os.PathLike[str], config: dict[str, Any] | None = None) -> None:
+        self.root = Path(root)
+        self.view = read_config(config if config is not None else read_json(self.root / CONFIG, CONFIG))
+        self.shape = _shape(self.view)
+        self.weights = Weights(self.root)
+        blocks = list(self.view.layer_ropes.values())
+        if any(b != blocks[0] for b in blocks):
+            raise YarnconvError("the reference forward has one rope for all layers; this model has one per layer type", "verify it with the runtimes")
+        self.spec = self.view.rope.spec(self.view.rope_head_dim or self.shape.head_dim, self.view.max_position)
+
+    @torch.inference_mode()
+    def logits(self, tokens: list[int], positions: list[int] | None = None) -> torch.Tensor:
+        """[T, vocab] float32 logits for ``tokens`` at ``positions`` (default 0..T-1)."""
+        s, w = self.shape, self.weights
+        ids = torch.tensor(tokens, dtype=torch.long)
+        pos = torch.tensor(positions if positions is not None else range(len(tokens)), dtype=torch.long)
+        if pos.shape != ids.shape:
+            raise YarnconvError("positions and tokens differ in length", "pass one position per token")
+        cos, sin = rotary_tables(self.spec, pos)
+        x = w.rows("model.embed_tokens.weight", ids)
+        for i in range(s.layers):
+            x = self._layer(i, x, cos, sin, pos)
+        x = rms_norm(x, w.get("model.norm.weight"), s.eps)
+        head = "lm_head.weight" if "lm_head.weight" in w and not s.tied else "model.embed_tokens.weight"
+        out = torch.empty(len(tokens), w.tensors[head].shape[0])
+        start = 0
+        for rows in w.row_chunks(head, VOCAB_CHUNK):
+            out[:, start : start + len(rows)] = x @ rows.T
+            start += len(rows)
+        return out
+
+    def _layer(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        s, w, p = self.shape, self.weights, f"model.layers.{i}."
+        h = rms_norm(x, w.get(p + "input_layernorm.weight"), s.eps)
+
+        def proj(name: str, heads: int) -> torch.Tensor:
+            out = h @ w.get(p + f"self_attn.{name}.weight").T
+            if p + f"self_attn.{name}.bias" in w:
+                out = out + w.get(p + f"self_attn.{name}.bias")
+            return out.view(len(h), heads, s.head_dim).transpose(0, 1)
+
+        q, k, v = proj("q_proj", s.heads), proj("k_proj", s.kv_heads), proj("v_proj", s.kv_heads)
+        if s.qk_norm:
+            q = rms_norm(q, w.get(p + "self_attn.q_norm.weight"), s.eps)
+            k = rms_norm(k, w.get(p + "self_attn.k_norm.weight"), s.eps)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        a = attention(q, k, v, pos).transpose(0, 1).reshape(len(h), s.heads * s.head_dim)
+        x = x + a @ w.get(p + "self_attn.o_proj.weight").T
+        h = rms_norm(x, w.get(p + "post_attention_layernorm.weight"), s.eps)
+        gate, up = h @ w.get(p + "mlp.gate_proj.weight").T, h @ w.get(p + "mlp.up_proj.weight").T
+        return x + (torch.nn.functional.silu(gate) * up) @ w.get(p + "mlp.down_proj.weight").T
