@@ -1,7 +1,9 @@
 """A plain PyTorch decoder for the families yarnconv exports, used as the reference in ``verify``.
 
 Llama / Mistral, Qwen2 (q/k/v biases) and Qwen3 (per-head q/k RMSNorm): grouped-query attention,
-RMSNorm, SwiGLU, tied or separate output embeddings, partial rotary. Its rotary embedding comes
+RMSNorm, SwiGLU, tied or separate output embeddings; a partial rotary factor rotates the first
+channels of each head (no transformers class of these families uses one, so that path is not yet
+checked against a runtime). Its rotary embedding comes
 from yarnconv's own YaRN math (:mod:`yarnconv.rope`), never from a runtime, so an engine that
 misreads the config disagrees with it.
 
