@@ -3,11 +3,17 @@ never pass what did not run."""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from yarnconv.cli import main
 from yarnconv.verify.check import Bound, judge, skipped
 from yarnconv.verify.demo import demo_ok
 from yarnconv.verify.logits import LOGIT_BOUNDS, compare_logits
@@ -42,3 +48,68 @@ def test_checks_pass_only_within_their_bounds_and_never_when_skipped() -> None:
     assert demo_ok([judge("rope", rope_ok, ROTARY_BOUNDS), judge("logits", logits_ok, LOGIT_BOUNDS)])
     assert not demo_ok([])
     assert str(Bound("top1_agreement", ">=", 0.999)) == "top1_agreement >= 0.999"
+
+
+# ------------------------------------------------------------------------------ yarnconv verify
+
+
+@pytest.fixture(scope="module")
+def extended_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from helpers import tiny_config, write_checkpoint
+
+    root = tmp_path_factory.mktemp("verify")
+    src = write_checkpoint(root / "src", tiny_config("llama", max_position_embeddings=256, initializer_range=0.1, vocab_size=512), shards=2)
+    out = root / "ext"
+    assert CliRunner().invoke(main, ["extend", str(src), "--scale", "4", "-o", str(out), "-q"]).exit_code == 0
+    return out
+
+
+def _verify(model: Path) -> tuple[int, dict]:
+    result = CliRunner().invoke(main, ["verify", str(model), "--json"])
+    assert "Traceback" not in result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_verify_passes_a_correct_conversion_and_saves_the_report(extended_llama: Path) -> None:
+    code, report = _verify(extended_llama)
+    assert code == 0 and report["ok"], report
+    assert [c["status"] for c in report["checks"]] == ["passed"] * 4
+    assert report["probe"]["positions"][-1] == 1023  # the rope is exercised up to the new context's last position
+    assert json.loads((extended_llama / "yarnconv-verify.json").read_text())["checks"] == report["checks"]
+
+
+def _broken(extended_llama: Path, tmp_path: Path, edit: Callable[[dict], None]) -> Path:
+    model = tmp_path / "broken"
+    shutil.copytree(extended_llama, model)
+    cfg = json.loads((model / "config.json").read_text())
+    edit(cfg)
+    (model / "config.json").write_text(json.dumps(cfg))
+    return model
+
+
+BROKEN = {
+    "wrong original length": (lambda c: c["rope_scaling"].update(original_max_position_embeddings=128), "transformers rope table", "inv_freq_max_rel_diff"),
+    "rope block dropped": (lambda c: c.pop("rope_scaling"), "transformers applies the planned scaling", "ignores the rope block"),
+    "rope_type missing": (lambda c: [c["rope_scaling"].pop(k) for k in ("type", "rope_type")], "transformers applies the planned scaling", "ignores the rope block"),
+    "attention factor dropped": (lambda c: c["rope_scaling"].update(attention_factor=1.0), "transformers rope table", "attention_factor_diff"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_verify_names_the_cause_of_a_broken_conversion(extended_llama: Path, tmp_path: Path, case: str) -> None:
+    edit, check, cause = BROKEN[case]
+    code, report = _verify(_broken(extended_llama, tmp_path, edit))
+    assert code == 1 and not report["ok"]
+    failed = {c["name"]: c for c in report["checks"] if c["status"] == "failed"}
+    assert check in failed and cause in failed[check]["reason"], failed
+    assert any(name.startswith("transformers logits beyond") for name in failed)
+
+
+def test_verify_bad_input_is_one_line(tmp_path: Path, extended_llama: Path) -> None:
+    for args, message in (
+        ([str(tmp_path / "missing")], "is not a checkpoint directory"),
+        ([str(extended_llama), "--tokens", "2"], "too short a probe"),
+    ):
+        result = CliRunner().invoke(main, ["verify", *args])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code in (1, 2) and len(lines) == 1 and message in lines[0], result.output

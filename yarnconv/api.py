@@ -106,6 +106,15 @@ class DemoJob:
     scale: float = option(4.0, "YaRN factor for the demo.", kind=float)
 
 
+@dataclass(frozen=True)
+class VerifyJob:
+    """What ``yarnconv verify`` takes besides the model."""
+
+    tokens: int = option(256, "Probe length: half below the original context, half ending at the new context's last position.", kind=int)
+    seed: int = option(0, "Seed of the probe's token ids.", kind=int)
+    report: str | None = option(help="Also write the report to this JSON file.", kind=os.PathLike)
+
+
 @dataclass
 class Result:
     """What a command did. ``record`` is the JSON the CLI prints with ``--json``; ``route`` says
@@ -229,3 +238,22 @@ def demo(job: DemoJob = DemoJob(), *, progress: bool = True) -> Result:
 
     data, checks = run_demo(job.output, job.scale, progress=progress)
     return Result("demo", "builtin:smollm2", data, ok=data["ok"], details={"checks": checks})
+
+
+def verify(model: str | os.PathLike[str], job: VerifyJob = VerifyJob()) -> Result:
+    """``yarnconv verify``: run the checkpoint in transformers and compare it with the reference
+    forward running the plan; the report is also saved beside the weights (yarnconv-verify.json)."""
+    from pathlib import Path
+
+    from yarnconv.verify.run import save_report, verify_hf
+
+    if job.tokens < 4:
+        raise UsageError(f"--tokens {job.tokens} is too short a probe", "use at least 4 (default 256)")
+    root = Path(model)
+    if not root.is_dir():
+        raise YarnconvError(f"{model} is not a checkpoint directory", "verify an HF output directory (GGUF verification is not there yet)")
+    report, checks = verify_hf(root, tokens=job.tokens, seed=job.seed)
+    report["saved"] = str(save_report(root, report))
+    if job.report:
+        Path(job.report).write_text(__import__("json").dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return Result("verify", "hf", report, ok=report["ok"], details={"checks": checks})

@@ -52,7 +52,7 @@ def os_error_line(exc: OSError) -> str:
 
 
 # command name -> module under yarnconv.cli; imported only when that command runs (start-up cost)
-COMMANDS = {"demo": "demo_cmd", "export": "export_cmd", "extend": "extend_cmd", "inspect": "inspect_cmd"}
+COMMANDS = {"demo": "demo_cmd", "export": "export_cmd", "extend": "extend_cmd", "inspect": "inspect_cmd", "verify": "verify_cmd"}
 
 
 class _Group(click.Group):

@@ -168,7 +168,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
 class ReferenceModel:
     """The reference decoder over an HF checkpoint directory (weights streamed per layer)."""
 
-    def __init__(self, root: str | os.PathLike[str], config: dict[str, Any] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str], config: dict[str, Any] | None = None, spec: rope.RopeSpec | None = None) -> None:
+        """``spec`` replaces the config's own rope (verify runs the plan, and plain RoPE, on the same weights)."""
         self.root = Path(root)
         self.view = read_config(config if config is not None else read_json(self.root / CONFIG, CONFIG))
         self.shape = _shape(self.view)
@@ -176,7 +177,7 @@ class ReferenceModel:
         blocks = list(self.view.layer_ropes.values())
         if any(b != blocks[0] for b in blocks):
             raise YarnconvError("the reference forward has one rope for all layers; this model has one per layer type", "verify it with the runtimes")
-        self.spec = self.view.rope.spec(self.view.rope_head_dim or self.shape.head_dim, self.view.max_position)
+        self.spec = spec or self.view.rope.spec(self.view.rope_head_dim or self.shape.head_dim, self.view.max_position)
 
     @torch.inference_mode()
     def logits(self, tokens: list[int], positions: list[int] | None = None) -> torch.Tensor:
