@@ -34,6 +34,17 @@ def test_compare_logits_on_hand_computed_cases() -> None:
         compare_logits(np.zeros((2, 3)), np.zeros((3, 3)))
 
 
+def test_region_statistics_on_hand_cases() -> None:
+    from yarnconv.verify.run import region_stats
+
+    ref = np.array([[0.0, 0.0], [0.0, 0.0]])
+    same = region_stats(ref, ref, np.array([1, -1]))
+    assert same["nmse"] == 0 and same["ppl_ratio"] == 1 and same["kl_max"] == 0
+    # token 1 follows: the candidate gives it p = 1/4 instead of 1/2, so perplexity doubles
+    worse = region_stats(ref, np.array([[math.log(3), 0.0], [0.0, 0.0]]), np.array([1, -1]))
+    assert worse["ppl_ratio"] == pytest.approx(2.0, rel=1e-12)
+
+
 def test_checks_pass_only_within_their_bounds_and_never_when_skipped() -> None:
     rope_ok = {"lengths_match": True, "max_rel_diff_float32": 0.0, "attention_factor_diff": 0.0}
     logits_ok = {"kl_max": 1e-6, "top1_agreement": 1.0}
@@ -75,6 +86,9 @@ def test_verify_passes_a_correct_conversion_and_saves_the_report(extended_llama:
     assert code == 0 and report["ok"], report
     assert [c["status"] for c in report["checks"]] == ["passed"] * 4
     assert report["probe"]["positions"][-1] == 1023  # the rope is exercised up to the new context's last position
+    for c in report["checks"][1:3]:  # the two logit regions carry llama-perplexity's statistics
+        m = c["measured"]
+        assert m["nmse"] < 1e-9 and m["ppl_ratio"] == pytest.approx(1, abs=1e-4) and m["kl_p999"] <= m["kl_max"]
     assert json.loads((extended_llama / "yarnconv-verify.json").read_text())["checks"] == report["checks"]
 
 

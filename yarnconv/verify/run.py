@@ -28,7 +28,7 @@ from yarnconv.config import ConfigView, RopeBlock, read_config
 from yarnconv.errors import YarnconvError
 from yarnconv.storage.files import CONFIG, RECORD, read_json
 from yarnconv.verify.check import Bound, Check, judge, skipped
-from yarnconv.verify.logits import compare_logits
+from yarnconv.verify.logits import compare_logits, log_softmax
 
 REPORT = "yarnconv-verify.json"
 ROPE_BOUNDS = (Bound("inv_freq_max_rel_diff", "<=", 1e-6), Bound("attention_factor_diff", "<=", 1e-6), Bound("pairs_match", "==", True))
@@ -94,16 +94,39 @@ def rope_table_check(table: dict[str, Any], spec: rope.RopeSpec) -> Check:
     return judge("transformers rope table", measured, ROPE_BOUNDS)
 
 
-def region_checks(ref: np.ndarray, got: np.ndarray, positions: list[int], original: int, engine: str) -> list[Check]:
+def region_stats(ref: np.ndarray, got: np.ndarray, next_tokens: np.ndarray) -> dict[str, Any]:
+    """The statistics llama.cpp's ``llama-perplexity --kl-divergence`` reports, for one region.
+
+    ``next_tokens`` holds each position's following token (-1 for the last), for the PPL ratio.
+    """
+    c = compare_logits(ref, got)
+    has_next = next_tokens >= 0
+    rows = np.arange(len(ref))[has_next]
+
+    def nll(x: np.ndarray) -> float:
+        return float(-log_softmax(x[has_next])[np.arange(len(rows)), next_tokens[has_next]].mean()) if len(rows) else 0.0
+
+    centred = ref - ref.mean(-1, keepdims=True)
+    return {
+        **c.to_dict(),
+        "kl_p99": float(np.percentile(c.kl, 99)),
+        "kl_p999": float(np.percentile(c.kl, 99.9)),
+        "max_abs_logit_diff": float(np.abs(ref - got).max()),
+        "nmse": float(((got - ref) ** 2).sum() / max((centred**2).sum(), 1e-30)),
+        "ppl_ratio": float(np.exp(nll(got) - nll(ref))),
+    }
+
+
+def region_checks(ref: np.ndarray, got: np.ndarray, positions: list[int], original: int, engine: str, tokens: list[int]) -> list[Check]:
     out = []
+    next_tokens = np.array([*tokens[1:], -1])
     pos = np.array(positions)
     for name, mask in (("below", pos < original), ("beyond", pos >= original)):
         label = f"{engine} logits {name} the original {original}"
         if not mask.any():
             out.append(skipped(label, f"the probe has no position {name} the original length", LOGIT_BOUNDS))
             continue
-        c = compare_logits(ref[mask], got[mask])
-        measured = {**c.to_dict(), "kl_p99": float(np.percentile(c.kl, 99)), "max_abs_logit_diff": float(np.abs(ref[mask] - got[mask]).max())}
+        measured = region_stats(ref[mask], got[mask], next_tokens[mask])
         out.append(judge(label, measured, LOGIT_BOUNDS))
     return out
 
@@ -148,7 +171,7 @@ def verify_hf(source: str | os.PathLike[str], *, tokens: int = 256, seed: int = 
     except ImportError:
         checks = [skipped("transformers", "transformers is not installed (pip install transformers)")]
     else:
-        checks = [rope_table_check(table, spec), *region_checks(planned, got, positions, original, "transformers"), noop_check(planned, plain_logits, got, positions, original, "transformers")]
+        checks = [rope_table_check(table, spec), *region_checks(planned, got, positions, original, "transformers", ids), noop_check(planned, plain_logits, got, positions, original, "transformers")]
     report = {
         "model": str(root),
         "plan": {"rope": block.to_dict(), "from": intent, "max_position_embeddings": view.max_position},
