@@ -127,3 +127,30 @@ def test_verify_bad_input_is_one_line(tmp_path: Path, extended_llama: Path) -> N
         result = CliRunner().invoke(main, ["verify", *args])
         lines = result.stderr.strip().splitlines()
         assert result.exit_code in (1, 2) and len(lines) == 1 and message in lines[0], result.output
+
+
+def test_extend_verify_passes_and_records_the_report(extended_llama: Path, tmp_path: Path) -> None:
+    src = extended_llama.parent / "src"
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["extend", str(src), "--scale", "4", "-o", str(out), "--verify", "-q", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["verify"]["ok"] and (out / "yarnconv-verify.json").is_file()
+    refused = CliRunner().invoke(main, ["extend", str(src), "--scale", "4", "-o", str(tmp_path / "d"), "--verify", "--dry-run"])
+    assert refused.exit_code == 2 and "--verify does not apply to a dry run" in refused.stderr
+
+
+def test_extend_verify_failure_exits_1_and_keeps_the_output(extended_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failure path: verify is handed a plan that the written config does not follow (a wrong
+    original length), standing in for a runtime that misreads the output."""
+    from yarnconv.config import RopeBlock
+    from yarnconv.verify import run
+
+    wrong = RopeBlock("yarn", theta=10000.0, factor=4.0, original_context=128, beta_fast=32.0, beta_slow=1.0)
+    monkeypatch.setattr(run, "intended_rope", lambda root, view: (wrong, "test"))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["extend", str(extended_llama.parent / "src"), "--scale", "4", "-o", str(out), "--verify", "-q"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert "verification failed: transformers rope table" in lines[0] and f"the output is kept at {out}" in lines[0]
+    assert (out / "config.json").is_file() and (out / "yarnconv-verify.json").is_file()

@@ -75,6 +75,7 @@ class ExtendJob:
     precompute_inv_freq: bool = option(False, "Also write yarnconv_rope.safetensors with the final inverse frequencies.")
     revision: str | None = option(help="Hub revision, when MODEL is a Hub id.")
     dry_run: bool = option(False, "Show the plan and the new rope config; write nothing.")
+    verify: bool = option(False, "Run verify's checks on the output right after writing it (HF outputs); a failure exits 1 and keeps the output.")
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
     route = extend_route(model, job)
     if route == "patch":
         reject(job, ["gguf", *GGUF_SETTINGS, "schema", "precompute_inv_freq", "revision"], "patching a GGUF file (its tensors are kept as they are)")
+        reject(job, ["verify"], "GGUF outputs yet (verify reads HF checkpoints so far)")
         from yarnconv.gguf.patch import patch
 
         record = patch(
@@ -152,6 +154,7 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
         return Result("extend", route, record)
     if route == "gguf":
         reject(job, ["in_place", "schema", "precompute_inv_freq", "link"], "extend --gguf (it writes one GGUF file)")
+        reject(job, ["verify"], "GGUF outputs yet (verify reads HF checkpoints so far)")
     else:
         reject(job, [*GGUF_SETTINGS, "in_place"], "an HF checkpoint output (add --gguf to write GGUF)")
     if job.output is None and not (route == "dry-run"):
@@ -178,6 +181,7 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
         record.update(plan.summary())
         return Result("extend", route, record)
     if route == "dry-run":
+        reject(job, ["verify"], "a dry run (nothing is written to verify)")
         _, _, plan = plan_for(model, job.rope, revision=job.revision)
         record = {"dry_run": True, **plan.summary(), "config": plan.config}
         return Result("extend", route, record, details={"rope_block": plan.written_block()})
@@ -191,7 +195,17 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
         revision=job.revision,
         progress=progress,
     )
-    return Result("extend", route, record)
+    if not job.verify:
+        return Result("extend", route, record)
+    checked = verify(job.output)  # type: ignore[arg-type]
+    record["verify"] = checked.record
+    if not checked.ok:
+        failed = next(c for c in checked.details["checks"] if c.status == "failed")
+        raise YarnconvError(
+            f"verification failed: {failed.name}: {failed.reason}; the output is kept at {job.output}",
+            f"read {checked.record['saved']} for every check",
+        )
+    return Result("extend", route, record, details={"verify": checked})
 
 
 def export(model: str | os.PathLike[str], job: ExportJob, *, progress: bool = True) -> Result:

@@ -46,6 +46,10 @@ def print_record(r: dict[str, Any]) -> None:
         counts[f["action"]] = counts.get(f["action"], 0) + 1
     click.echo("  files: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items())))
     click.echo(f"wrote {r['output']}")
+    v = r.get("verify")
+    if v:
+        passed = sum(c["status"] == "passed" for c in v["checks"])
+        click.echo(f"verified: {passed} of {len(v['checks'])} checks passed ({v['saved']})")
 
 
 def print_export(r: dict[str, Any]) -> None:
