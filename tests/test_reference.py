@@ -81,3 +81,19 @@ def test_reference_refuses_what_it_cannot_run(tmp_path: Path) -> None:
         ReferenceModel(src, {**cfg, "model_type": "gpt_neox"})
     with pytest.raises(YarnconvError, match="positions and tokens differ in length"):
         ReferenceModel(src).logits([1, 2, 3], [0, 1])
+
+
+@pytest.mark.slow
+def test_reference_matches_transformers_over_9k_tokens_of_smollm2(tmp_path: Path, smollm2_dir: Path) -> None:
+    """A real 9216-token sequence, 1024 tokens past SmolLM2's 8192 original (x4 YaRN): the last
+    1024 positions' logits, reference against transformers' eager forward."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "ext"
+    assert CliRunner().invoke(main, ["extend", str(smollm2_dir), "--scale", "4", "-o", str(out), "-q"]).exit_code == 0
+    tokens = [1, *np.random.default_rng(2).integers(100, 20000, 9215).tolist()]
+    got = ReferenceModel(out).logits(tokens, keep=1024)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, attn_implementation="eager")
+    with torch.inference_mode():
+        want = model(torch.tensor([tokens]), logits_to_keep=1024).logits[0]
+    assert (got - want).abs().max() <= 1e-4, float((got - want).abs().max())

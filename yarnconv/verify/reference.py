@@ -180,8 +180,9 @@ class ReferenceModel:
         self.spec = spec or self.view.rope.spec(self.view.rope_head_dim or self.shape.head_dim, self.view.max_position)
 
     @torch.inference_mode()
-    def logits(self, tokens: list[int], positions: list[int] | None = None) -> torch.Tensor:
-        """[T, vocab] float32 logits for ``tokens`` at ``positions`` (default 0..T-1)."""
+    def logits(self, tokens: list[int], positions: list[int] | None = None, *, keep: int = 0) -> torch.Tensor:
+        """[T, vocab] float32 logits for ``tokens`` at ``positions`` (default 0..T-1); with ``keep``,
+        only the last ``keep`` rows (long sequences: the output projection dominates memory)."""
         s, w = self.shape, self.weights
         ids = torch.tensor(tokens, dtype=torch.long)
         pos = torch.tensor(positions if positions is not None else range(len(tokens)), dtype=torch.long)
@@ -191,9 +192,9 @@ class ReferenceModel:
         x = w.rows("model.embed_tokens.weight", ids)
         for i in range(s.layers):
             x = self._layer(i, x, cos, sin, pos)
-        x = rms_norm(x, w.get("model.norm.weight"), s.eps)
+        x = rms_norm(x[-keep:] if keep else x, w.get("model.norm.weight"), s.eps)
         head = "lm_head.weight" if "lm_head.weight" in w and not s.tied else "model.embed_tokens.weight"
-        out = torch.empty(len(tokens), w.tensors[head].shape[0])
+        out = torch.empty(len(x), w.tensors[head].shape[0])
         start = 0
         for rows in w.row_chunks(head, VOCAB_CHUNK):
             out[:, start : start + len(rows)] = x @ rows.T
