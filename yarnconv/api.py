@@ -259,7 +259,7 @@ def verify(model: str | os.PathLike[str], job: VerifyJob = VerifyJob()) -> Resul
     forward running the plan; the report is also saved beside the weights (yarnconv-verify.json)."""
     from pathlib import Path
 
-    from yarnconv.verify.run import save_report, verify_hf
+    from yarnconv.verify.run import REPORT, save_report, verify_hf
 
     if job.tokens < 4:
         raise UsageError(f"--tokens {job.tokens} is too short a probe", "use at least 4 (default 256)")
@@ -267,7 +267,7 @@ def verify(model: str | os.PathLike[str], job: VerifyJob = VerifyJob()) -> Resul
     if not root.is_dir():
         raise YarnconvError(f"{model} is not a checkpoint directory", "verify an HF output directory (GGUF verification is not there yet)")
     report, checks = verify_hf(root, tokens=job.tokens, seed=job.seed)
-    report["saved"] = str(save_report(root, report))
+    report["saved"] = str(save_report(root / REPORT, report))
     if job.report:
-        Path(job.report).write_text(__import__("json").dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        save_report(Path(job.report), report)
     return Result("verify", "hf", report, ok=report["ok"], details={"checks": checks})

@@ -180,15 +180,16 @@ class ReferenceModel:
         self.spec = spec or self.view.rope.spec(self.view.rope_head_dim or self.shape.head_dim, self.view.max_position)
 
     @torch.inference_mode()
-    def logits(self, tokens: list[int], positions: list[int] | None = None, *, keep: int = 0) -> torch.Tensor:
+    def logits(self, tokens: list[int], positions: list[int] | None = None, *, keep: int = 0, spec: rope.RopeSpec | None = None) -> torch.Tensor:
         """[T, vocab] float32 logits for ``tokens`` at ``positions`` (default 0..T-1); with ``keep``,
-        only the last ``keep`` rows (long sequences: the output projection dominates memory)."""
+        only the last ``keep`` rows (long sequences: the output projection dominates memory);
+        ``spec`` runs another rope on the same weights for this call (the plan, plain RoPE)."""
         s, w = self.shape, self.weights
         ids = torch.tensor(tokens, dtype=torch.long)
         pos = torch.tensor(positions if positions is not None else range(len(tokens)), dtype=torch.long)
         if pos.shape != ids.shape:
             raise YarnconvError("positions and tokens differ in length", "pass one position per token")
-        cos, sin = rotary_tables(self.spec, pos)
+        cos, sin = rotary_tables(spec or self.spec, pos)
         x = w.rows("model.embed_tokens.weight", ids)
         for i in range(s.layers):
             x = self._layer(i, x, cos, sin, pos)

@@ -164,8 +164,9 @@ def verify_hf(source: str | os.PathLike[str], *, tokens: int = 256, seed: int = 
     plain = RopeBlock(theta=block.theta, partial_rotary_factor=block.partial_rotary_factor).spec(dim, view.max_position)
     original = block.original_context or view.max_position or 0
     ids, positions = probe(view, original, tokens, seed)
-    planned = ReferenceModel(root, spec=spec).logits(ids, positions).double().numpy()
-    plain_logits = ReferenceModel(root, spec=plain).logits(ids, positions).double().numpy()
+    reference = ReferenceModel(root)  # one header scan for both runs
+    planned = reference.logits(ids, positions, spec=spec).double().numpy()
+    plain_logits = reference.logits(ids, positions, spec=plain).double().numpy()
     try:
         got, table = transformers_logits(root, ids, positions)
     except ImportError:
@@ -182,10 +183,12 @@ def verify_hf(source: str | os.PathLike[str], *, tokens: int = 256, seed: int = 
     return report, checks
 
 
-def save_report(root: Path, report: dict[str, Any]) -> Path:
-    """``yarnconv-verify.json`` beside the weights, written whole (temporary name, then rename)."""
-    path = root / REPORT
-    tmp = root / f".{REPORT}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def save_report(path: Path, report: dict[str, Any]) -> Path:
+    """Write the report whole: a temporary name beside it, renamed at the end, removed on any failure."""
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
