@@ -121,7 +121,7 @@ def test_verify_names_the_cause_of_a_broken_conversion(extended_llama: Path, tmp
 
 def test_verify_bad_input_is_one_line(tmp_path: Path, extended_llama: Path) -> None:
     for args, message in (
-        ([str(tmp_path / "missing")], "is not a checkpoint directory"),
+        ([str(tmp_path / "missing")], "is neither a checkpoint directory nor a .gguf file"),
         ([str(extended_llama), "--tokens", "2"], "too short a probe"),
     ):
         result = CliRunner().invoke(main, ["verify", *args])
@@ -144,10 +144,10 @@ def test_extend_verify_failure_exits_1_and_keeps_the_output(extended_llama: Path
     """The failure path: verify is handed a plan that the written config does not follow (a wrong
     original length), standing in for a runtime that misreads the output."""
     from yarnconv.config import RopeBlock
-    from yarnconv.verify import run
+    from yarnconv.verify import subject
 
     wrong = RopeBlock("yarn", theta=10000.0, factor=4.0, original_context=128, beta_fast=32.0, beta_slow=1.0)
-    monkeypatch.setattr(run, "intended_rope", lambda root, view: (wrong, "test"))
+    monkeypatch.setattr(subject, "intended_rope", lambda root, view: (wrong, "test"))
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["extend", str(extended_llama.parent / "src"), "--scale", "4", "-o", str(out), "--verify", "-q"])
     lines = result.stderr.strip().splitlines()

@@ -111,8 +111,14 @@ class DemoJob:
 class VerifyJob:
     """What ``yarnconv verify`` takes besides the model."""
 
+    base: str | None = option(
+        help="The checkpoint MODEL came from: for a GGUF, the HF directory it was exported from (the reference runs its weights); for an HF output, the model it was extended from.",
+        kind=os.PathLike,
+    )
     tokens: int = option(256, "Probe length: half below the original context, half ending at the new context's last position.", kind=int)
-    seed: int = option(0, "Seed of the probe's token ids.", kind=int)
+    seed: int = option(0, "Seed of the probe's token ids and text choice.", kind=int)
+    text: str | None = option(help="Probe text file, through the model's own tokenizer (default: Python's standard-library sources on this machine).", kind=os.PathLike)
+    seeded: bool = option(False, "Probe with seeded random token ids instead of text.")
     report: str | None = option(help="Also write the report to this JSON file.", kind=os.PathLike)
 
 
@@ -255,19 +261,23 @@ def demo(job: DemoJob = DemoJob(), *, progress: bool = True) -> Result:
 
 
 def verify(model: str | os.PathLike[str], job: VerifyJob = VerifyJob()) -> Result:
-    """``yarnconv verify``: run the checkpoint in transformers and compare it with the reference
-    forward running the plan; the report is also saved beside the weights (yarnconv-verify.json)."""
+    """``yarnconv verify``: run the artifact in its runtime (transformers for an HF checkpoint,
+    llama.cpp for a GGUF) and compare it with the reference forward running the plan; the report
+    is also saved beside it (yarnconv-verify.json, or FILE.gguf.verify.json)."""
     from pathlib import Path
 
-    from yarnconv.verify.run import REPORT, save_report, verify_hf
+    from yarnconv.verify.run import REPORT, save_report, verify_model
 
     if job.tokens < 4:
         raise UsageError(f"--tokens {job.tokens} is too short a probe", "use at least 4 (default 256)")
+    if job.text and job.seeded:
+        raise UsageError("--text and --seeded both choose the probe's tokens", "pass one of them")
     root = Path(model)
-    if not root.is_dir():
-        raise YarnconvError(f"{model} is not a checkpoint directory", "verify an HF output directory (GGUF verification is not there yet)")
-    report, checks = verify_hf(root, tokens=job.tokens, seed=job.seed)
-    report["saved"] = str(save_report(root / REPORT, report))
+    if not root.is_dir() and root.suffix != ".gguf":
+        raise YarnconvError(f"{model} is neither a checkpoint directory nor a .gguf file", "verify an HF output directory or a GGUF file")
+    report, checks = verify_model(root, base=job.base, tokens=job.tokens, seed=job.seed, text=job.text, seeded=job.seeded)
+    beside = root / REPORT if root.is_dir() else root.with_name(root.name + ".verify.json")
+    report["saved"] = str(save_report(beside, report))
     if job.report:
         save_report(Path(job.report), report)
-    return Result("verify", "hf", report, ok=report["ok"], details={"checks": checks})
+    return Result("verify", report["kind"], report, ok=report["ok"], details={"checks": checks})

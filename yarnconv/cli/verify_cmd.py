@@ -19,12 +19,15 @@ SHOWN = ("inv_freq_max_rel_diff", "attention_factor_diff", "kl_max", "kl_mean", 
 @request_options(VerifyJob)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(model: str, as_json: bool, **settings: Any) -> None:
-    """Prove that transformers runs the extended checkpoint MODEL as planned (exit 1 if a check fails).
+    """Prove that MODEL runs as planned: an HF checkpoint in transformers, a GGUF file in llama.cpp,
+    each against yarnconv's reference forward (exit 1 if a check fails).
 
     \b
     Examples:
-      yarnconv verify llama-2-7b-yarn-64k
-      yarnconv verify ./out --tokens 512 --report verify.json
+      yarnconv verify out/ --base ./llama-2-7b
+      yarnconv verify out/Model-YaRN-64k-F16.gguf --base out/
+      yarnconv verify qwen-128k-Q4_K_M.gguf
+      yarnconv verify ./out --tokens 512 --text notes.txt --report verify.json
     """
     from yarnconv import api
 
@@ -36,12 +39,17 @@ def verify(model: str, as_json: bool, **settings: Any) -> None:
 
 def _print(r: dict[str, Any]) -> None:
     plan = r["plan"]
-    click.echo(f"{r['model']}: plan from {plan['from']}")
-    click.echo(f"  probe {r['probe']['tokens']} tokens at positions {r['probe']['positions'][0]}..{r['probe']['positions'][1]} and {r['probe']['positions'][2]}..{r['probe']['positions'][3]}")
+    p = r["probe"]
+    click.echo(f"{r['model']} in {r['engine']}: plan from {plan['from']}")
+    click.echo(f"  reference weights {r['reference']['weights']} ({r['reference']['weight_type']})")
+    click.echo(f"  probe {p['tokens']} tokens of {p['source']} at positions {p['positions'][0]}..{p['positions'][1]} and {p['positions'][2]}..{p['positions'][3]}")
     for c in r["checks"]:
         numbers = ", ".join(f"{k} {c['measured'][k]:.3g}" for k in SHOWN if isinstance(c["measured"].get(k), (int, float)))
         line = f"  {c['status'].upper():<8} {c['name']}"
         click.echo(line + (f"  ({numbers})" if numbers else ""))
         if c.get("reason"):
             click.echo(f"           {c['reason']}")
+    d = r["drift"]
+    low, high = d["nll_delta_ci95"]
+    click.echo(f"  drift below the original length (reported, not gated): NLL {d['nll_delta']:+.4f} nats/token [95% CI {low:+.4f}, {high:+.4f}], top-1 flips {d['top1_flips']:.1%}")
     click.echo(("OK: every check passed" if r["ok"] else "FAILED: see the checks above") + f"; report saved to {r['saved']}")

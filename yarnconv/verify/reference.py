@@ -17,6 +17,7 @@ can sit at large position ids (long rope distances without long sequences).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,11 @@ from yarnconv import rope
 from yarnconv.config import ConfigView, read_config
 from yarnconv.errors import YarnconvError
 from yarnconv.storage.files import CONFIG, read_json
-from yarnconv.storage.weights import scan_weights
+from yarnconv.verify.weights import Weights, gguf_source
 
 FAMILIES = {"llama", "mistral", "qwen2", "qwen3"}
 QUERY_CHUNK = 256  # attention rows per step: the score matrix is heads x chunk x keys
 VOCAB_CHUNK = 4096  # output-projection rows per step
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -72,57 +72,6 @@ def _shape(view: ConfigView) -> Shape:
     )
 
 
-class Weights:
-    """Tensors of a safetensors checkpoint, read one at a time as float32.
-
-    Reads go through ``pread`` rather than a memory map, so the file's pages are never counted in
-    this process's memory: peak RSS is what the forward holds, about one layer.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.tensors = scan_weights(root).tensors
-        if not self.tensors:
-            raise YarnconvError(f"no safetensors weights in {root}", "the reference forward reads model.safetensors or an index and shards")
-        self._fds: dict[Path, int] = {}
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.tensors
-
-    def __del__(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-
-    def _read(self, name: str, first: int = 0, count: int | None = None) -> torch.Tensor:
-        """Rows [first, first + count) of tensor ``name`` (all of it by default) as float32."""
-        info = self.tensors.get(name)
-        if info is None or info.path is None:
-            raise YarnconvError(f"the checkpoint has no tensor {name}", "is it complete, and of a family the reference forward runs?")
-        if info.dtype not in _DTYPES:
-            raise YarnconvError(f"tensor {name} is {info.dtype}", "the reference forward reads F32, F16 and BF16 weights")
-        if info.path not in self._fds:
-            self._fds[info.path] = os.open(info.path, os.O_RDONLY)
-        rows = info.shape[0] if info.shape else 1
-        row_bytes = info.nbytes // max(rows, 1)
-        count = rows - first if count is None else count
-        raw = bytearray(os.pread(self._fds[info.path], count * row_bytes, info.offset + first * row_bytes))
-        flat = torch.frombuffer(raw, dtype=_DTYPES[info.dtype]) if raw else torch.empty(0, dtype=_DTYPES[info.dtype])
-        return flat.float().reshape(count, *info.shape[1:]) if info.shape else flat.float().reshape(())
-
-    def get(self, name: str) -> torch.Tensor:
-        return self._read(name)
-
-    def rows(self, name: str, index: torch.Tensor) -> torch.Tensor:
-        """Selected rows of a 2-D tensor (the embedding rows of the tokens in use)."""
-        unique, inverse = torch.unique(index, return_inverse=True)
-        picked = torch.stack([self._read(name, int(i), 1)[0] for i in unique])
-        return picked[inverse]
-
-    def row_chunks(self, name: str, chunk: int) -> Any:
-        n = self.tensors[name].shape[0]
-        for start in range(0, n, chunk):
-            yield self._read(name, start, min(chunk, n - start))
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
@@ -149,9 +98,10 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat([rot * cos + rotated * sin, rest], dim=-1)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, alone: Sequence[int] = ()) -> torch.Tensor:
     """Causal attention by position id (a key is visible when its position is not after the query's),
-    over query chunks. q: [heads, T, d]; k, v: [kv_heads, T, d]."""
+    over query chunks; the tokens at indices ``alone`` see only themselves (a sequence's first token
+    in llama.cpp's gapped probe). q: [heads, T, d]; k, v: [kv_heads, T, d]."""
     groups = q.shape[0] // k.shape[0]
     k, v = k.repeat_interleave(groups, dim=0), v.repeat_interleave(groups, dim=0)
     scale = q.shape[-1] ** -0.5
@@ -160,30 +110,40 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
         end = min(q.shape[1], start + QUERY_CHUNK)
         scores = torch.matmul(q[:, start:end], k.transpose(1, 2)) * scale
         hidden = positions[None, :] > positions[start:end, None]
+        for i in alone:
+            if start <= i < end:
+                hidden[i - start] = True
+                hidden[i - start, i] = False
         scores.masked_fill_(hidden[None], float("-inf"))
         out[:, start:end] = torch.matmul(torch.softmax(scores, dim=-1), v)
     return out
 
 
 class ReferenceModel:
-    """The reference decoder over an HF checkpoint directory (weights streamed per layer)."""
+    """The reference decoder over an HF checkpoint directory or a GGUF file (weights streamed per layer)."""
 
-    def __init__(self, root: str | os.PathLike[str], config: dict[str, Any] | None = None, spec: rope.RopeSpec | None = None) -> None:
+    def __init__(self, source: str | os.PathLike[str], config: dict[str, Any] | None = None, spec: rope.RopeSpec | None = None) -> None:
         """``spec`` replaces the config's own rope (verify runs the plan, and plain RoPE, on the same weights)."""
-        self.root = Path(root)
-        self.view = read_config(config if config is not None else read_json(self.root / CONFIG, CONFIG))
+        self.root = Path(source)
+        if self.root.suffix == ".gguf" and self.root.is_file():
+            own, self.weights, _ = gguf_source(self.root)
+        else:
+            own, self.weights = None, Weights(self.root)
+        self.view = read_config(config if config is not None else own if own is not None else read_json(self.root / CONFIG, CONFIG))
         self.shape = _shape(self.view)
-        self.weights = Weights(self.root)
         blocks = list(self.view.layer_ropes.values())
         if any(b != blocks[0] for b in blocks):
             raise YarnconvError("the reference forward has one rope for all layers; this model has one per layer type", "verify it with the runtimes")
         self.spec = spec or self.view.rope.spec(self.view.rope_head_dim or self.shape.head_dim, self.view.max_position)
 
     @torch.inference_mode()
-    def logits(self, tokens: list[int], positions: list[int] | None = None, *, keep: int = 0, spec: rope.RopeSpec | None = None) -> torch.Tensor:
+    def logits(
+        self, tokens: list[int], positions: list[int] | None = None, *, keep: int = 0, spec: rope.RopeSpec | None = None, alone: Sequence[int] = ()
+    ) -> torch.Tensor:
         """[T, vocab] float32 logits for ``tokens`` at ``positions`` (default 0..T-1); with ``keep``,
         only the last ``keep`` rows (long sequences: the output projection dominates memory);
-        ``spec`` runs another rope on the same weights for this call (the plan, plain RoPE)."""
+        ``spec`` runs another rope on the same weights for this call (the plan, plain RoPE);
+        ``alone``: token indices that attend only to themselves."""
         s, w = self.shape, self.weights
         ids = torch.tensor(tokens, dtype=torch.long)
         pos = torch.tensor(positions if positions is not None else range(len(tokens)), dtype=torch.long)
@@ -192,17 +152,17 @@ class ReferenceModel:
         cos, sin = rotary_tables(spec or self.spec, pos)
         x = w.rows("model.embed_tokens.weight", ids)
         for i in range(s.layers):
-            x = self._layer(i, x, cos, sin, pos)
+            x = self._layer(i, x, cos, sin, pos, alone)
         x = rms_norm(x[-keep:] if keep else x, w.get("model.norm.weight"), s.eps)
         head = "lm_head.weight" if "lm_head.weight" in w and not s.tied else "model.embed_tokens.weight"
-        out = torch.empty(len(x), w.tensors[head].shape[0])
+        out = torch.empty(len(x), w.shape(head)[0])
         start = 0
         for rows in w.row_chunks(head, VOCAB_CHUNK):
             out[:, start : start + len(rows)] = x @ rows.T
             start += len(rows)
         return out
 
-    def _layer(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def _layer(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, alone: Sequence[int]) -> torch.Tensor:
         s, w, p = self.shape, self.weights, f"model.layers.{i}."
         h = rms_norm(x, w.get(p + "input_layernorm.weight"), s.eps)
 
@@ -217,7 +177,7 @@ class ReferenceModel:
             q = rms_norm(q, w.get(p + "self_attn.q_norm.weight"), s.eps)
             k = rms_norm(k, w.get(p + "self_attn.k_norm.weight"), s.eps)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        a = attention(q, k, v, pos).transpose(0, 1).reshape(len(h), s.heads * s.head_dim)
+        a = attention(q, k, v, pos, alone).transpose(0, 1).reshape(len(h), s.heads * s.head_dim)
         x = x + a @ w.get(p + "self_attn.o_proj.weight").T
         h = rms_norm(x, w.get(p + "post_attention_layernorm.weight"), s.eps)
         gate, up = h @ w.get(p + "mlp.gate_proj.weight").T, h @ w.get(p + "mlp.up_proj.weight").T

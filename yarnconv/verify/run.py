@@ -1,17 +1,18 @@
-"""``verify`` for an HF checkpoint: does transformers run it as planned?
+"""``verify``: does each runtime run the checkpoint as planned?
 
-The plan is what extend recorded in ``yarnconv.json`` (``rope_after``), or, without a record, the
-config's own rope block read by yarnconv. One short probe of seeded token ids carries gapped
-position ids: half below the original context, half ending at the last position of the new
-context, so the rope is exercised at every distance up to the target without a long sequence.
+One probe of token ids (:mod:`yarnconv.verify.probe`) at gapped positions goes through the
+reference forward running the plan and plain RoPE on the same weights, and through the engine
+that runs the artifact: transformers for an HF checkpoint, llama.cpp for a GGUF file. Checks, each
+passed / failed / skipped with its bounds:
 
-Checks, each passed / failed / skipped with its bounds:
-
-* rope table: the inv_freq and magnitude transformers builds equal the plan's (float32);
-* logits, below and beyond the original length: transformers against the reference forward
-  running the plan (:mod:`yarnconv.verify.reference`);
-* no-op detector: beyond the original length transformers must match the plan, not the same
-  weights with plain RoPE; when it matches plain RoPE the cause is named.
+* rope: the tables transformers builds, or what llama.cpp reads from the GGUF keys and context,
+  equal the plan;
+* logits below and beyond the original length against the reference (llama-perplexity's KL
+  statistics), within the tolerance of the weights' type;
+* no-op detector: beyond the original length the engine must follow the plan, not plain RoPE on
+  the same weights; when it follows plain RoPE the cause is named;
+* drift (reported, not gated): base rope vs the plan below the original length, NLL with a
+  bootstrap interval, on the reference.
 """
 
 from __future__ import annotations
@@ -24,43 +25,18 @@ from typing import Any
 import numpy as np
 
 from yarnconv import rope
-from yarnconv.config import ConfigView, RopeBlock, read_config
 from yarnconv.errors import YarnconvError
-from yarnconv.storage.files import CONFIG, RECORD, read_json
 from yarnconv.verify.check import Bound, Check, judge, skipped
-from yarnconv.verify.logits import compare_logits, log_softmax
+from yarnconv.verify.logits import compare_logits
+from yarnconv.verify.probe import Probe, gapped, gguf_tokenizer, hf_tokenizer, seeded_tokens, text_tokens
+from yarnconv.verify.stats import drift, region_stats
+from yarnconv.verify.subject import Subject, gguf_subject, hf_subject
 
 REPORT = "yarnconv-verify.json"
 ROPE_BOUNDS = (Bound("inv_freq_max_rel_diff", "<=", 1e-6), Bound("attention_factor_diff", "<=", 1e-6), Bound("pairs_match", "==", True))
 # transformers' default (SDPA) attention rounds differently from the plain formula: up to ~2e-3
 # in a logit on SmolLM2 at 32k, a KL far below these bounds; a wrong rope moves KL by orders more.
 LOGIT_BOUNDS = (Bound("kl_max", "<=", 1e-4), Bound("top1_agreement", ">=", 0.99))
-
-
-def intended_rope(root: Path, view: ConfigView) -> tuple[RopeBlock, str]:
-    """The rope the checkpoint is meant to run: extend's recorded plan, else the config's own block."""
-    record = root / RECORD
-    if record.is_file():
-        data = read_json(record, RECORD)
-        after = data.get("rope_after") if isinstance(data, dict) else None
-        if isinstance(after, dict):
-            try:
-                return RopeBlock(**after), f"{RECORD} (the plan extend wrote)"
-            except TypeError:
-                raise YarnconvError(f"{RECORD} has an unreadable rope_after", "re-run extend, or remove the record to verify the config as it is") from None
-    return view.rope, f"{CONFIG} (no {RECORD}: the config's own rope, as yarnconv reads it)"
-
-
-def probe(view: ConfigView, original: int, n: int, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Seeded token ids and gapped positions: n/2 from 0, n/2 ending at the context's last position."""
-    far = max((view.max_position or original) - 1, n - 1)
-    vocab = view.vocab_size or 32000
-    ids = np.random.default_rng(seed).integers(0, vocab, n).tolist()
-    bos = view.text.get("bos_token_id")
-    if isinstance(bos, int) and 0 <= bos < vocab:
-        ids[0] = bos
-    head = n // 2
-    return ids, list(range(head)) + list(range(far - (n - head) + 1, far + 1))
 
 
 def transformers_logits(root: Path, tokens: list[int], positions: list[int]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -94,40 +70,17 @@ def rope_table_check(table: dict[str, Any], spec: rope.RopeSpec) -> Check:
     return judge("transformers rope table", measured, ROPE_BOUNDS)
 
 
-def region_stats(ref: np.ndarray, got: np.ndarray, next_tokens: np.ndarray) -> dict[str, Any]:
-    """The statistics llama.cpp's ``llama-perplexity --kl-divergence`` reports, for one region.
-
-    ``next_tokens`` holds each position's following token (-1 for the last), for the PPL ratio.
-    """
-    c = compare_logits(ref, got)
-    has_next = next_tokens >= 0
-    rows = np.arange(len(ref))[has_next]
-
-    def nll(x: np.ndarray) -> float:
-        return float(-log_softmax(x[has_next])[np.arange(len(rows)), next_tokens[has_next]].mean()) if len(rows) else 0.0
-
-    centred = ref - ref.mean(-1, keepdims=True)
-    return {
-        **c.to_dict(),
-        "kl_p99": float(np.percentile(c.kl, 99)),
-        "kl_p999": float(np.percentile(c.kl, 99.9)),
-        "max_abs_logit_diff": float(np.abs(ref - got).max()),
-        "nmse": float(((got - ref) ** 2).sum() / max((centred**2).sum(), 1e-30)),
-        "ppl_ratio": float(np.exp(nll(got) - nll(ref))),
-    }
-
-
-def region_checks(ref: np.ndarray, got: np.ndarray, positions: list[int], original: int, engine: str, tokens: list[int]) -> list[Check]:
+def region_checks(ref: np.ndarray, got: np.ndarray, probe: Probe, original: int, engine: str, bounds: tuple[Bound, ...]) -> list[Check]:
     out = []
-    next_tokens = np.array([*tokens[1:], -1])
-    pos = np.array(positions)
+    next_tokens = np.array([*probe.tokens[1:], -1])
+    next_tokens[probe.near - 1] = -1  # the near half's last token is not followed by its text
+    pos = np.array(probe.positions)
     for name, mask in (("below", pos < original), ("beyond", pos >= original)):
         label = f"{engine} logits {name} the original {original}"
         if not mask.any():
-            out.append(skipped(label, f"the probe has no position {name} the original length", LOGIT_BOUNDS))
+            out.append(skipped(label, f"the probe has no position {name} the original length", bounds))
             continue
-        measured = region_stats(ref[mask], got[mask], next_tokens[mask])
-        out.append(judge(label, measured, LOGIT_BOUNDS))
+        out.append(judge(label, region_stats(ref[mask], got[mask], next_tokens[mask]), bounds))
     return out
 
 
@@ -145,42 +98,108 @@ def noop_check(plan: np.ndarray, plain: np.ndarray, got: np.ndarray, positions: 
         return Check(label, "skipped", measured, reason="the plan computes what plain RoPE computes here (no scaling to detect)")
     if to_plain <= to_plan:
         return Check(label, "failed", measured, reason=f"{engine} computes plain RoPE beyond the original length: it ignores the rope block")
-    if to_plan * 100 > plan_vs_plain:
+    if to_plan * 10 > to_plain:
         return Check(label, "failed", measured, reason=f"{engine} is neither the plan nor plain RoPE: it reads the rope block differently")
     return Check(label, "passed", measured)
 
 
-def verify_hf(source: str | os.PathLike[str], *, tokens: int = 256, seed: int = 0) -> tuple[dict[str, Any], list[Check]]:
-    """Run the checks on an HF checkpoint directory; returns the report and the checks."""
+def make_probe(s: Subject, n: int, seed: int, text: str | None, seeded: bool) -> Probe:
+    """Real text through the artifact's own tokenizer when it has one, else seeded ids."""
+    tokenize = None if seeded else gguf_tokenizer(s.path) if s.kind == "gguf" else hf_tokenizer(s.path)
+    if tokenize is None and text:
+        raise YarnconvError(f"--text needs the model's tokenizer, and {s.path.name} has none that yarnconv can run", "install transformers (HF) or llama-cpp-python (GGUF), or drop --text")
+    if tokenize is not None:
+        ids, where = text_tokens(tokenize, n, text_file=text, seed=seed)
+        source = f"text: {where}"
+    else:
+        ids, source = seeded_tokens(s.view.vocab_size or 32000, n, seed, s.view.text.get("bos_token_id")), f"seeded ids (seed {seed})"
+    return gapped(ids, s.max_position - 1, source)
+
+
+def _check_base(root: Path, base: Path) -> None:
+    """--base for an HF output is the model it was extended from: the same tensors."""
+    from yarnconv.storage.weights import scan_weights
+
+    mine = {k: (v.dtype, v.shape) for k, v in scan_weights(root).tensors.items()}
+    theirs = {k: (v.dtype, v.shape) for k, v in scan_weights(base).tensors.items()}
+    if mine != theirs:
+        raise YarnconvError(f"--base {base} holds other tensors than {root}", "pass the checkpoint this one was extended from")
+
+
+def verify_model(
+    source: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None, tokens: int = 256, seed: int = 0, text: str | None = None, seeded: bool = False
+) -> tuple[dict[str, Any], list[Check]]:
+    """Run the checks on an HF checkpoint directory or a GGUF file; returns the report and the checks."""
     from yarnconv.verify.reference import ReferenceModel
 
-    root = Path(source)
-    if not (root / CONFIG).is_file():
-        raise YarnconvError(f"no {CONFIG} in {root}", "verify an HF checkpoint directory (GGUF files come in a later release)")
-    view = read_config(read_json(root / CONFIG, CONFIG))
-    block, intent = intended_rope(root, view)
-    dim = view.rope_head_dim or view.head_dim or 0
-    spec = block.spec(dim, view.max_position)
-    plain = RopeBlock(theta=block.theta, partial_rotary_factor=block.partial_rotary_factor).spec(dim, view.max_position)
-    original = block.original_context or view.max_position or 0
-    ids, positions = probe(view, original, tokens, seed)
-    reference = ReferenceModel(root)  # one header scan for both runs
-    planned = reference.logits(ids, positions, spec=spec).double().numpy()
-    plain_logits = reference.logits(ids, positions, spec=plain).double().numpy()
-    try:
-        got, table = transformers_logits(root, ids, positions)
-    except ImportError:
-        checks = [skipped("transformers", "transformers is not installed (pip install transformers)")]
+    path, base_path = Path(source), Path(base) if base is not None else None
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise YarnconvError(f"no GGUF file {path}", "check the path")
+        from yarnconv.verify import llama_cpp
+
+        if not llama_cpp.available():
+            raise YarnconvError("verifying a GGUF runs it in llama.cpp, and llama-cpp-python is not installed", 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-python')
+        if base_path is not None and not (base_path / "config.json").is_file():
+            raise YarnconvError(f"--base {base} is not an HF checkpoint directory", "pass the directory the GGUF was exported from")
+        s = gguf_subject(path, base_path)
     else:
-        checks = [rope_table_check(table, spec), *region_checks(planned, got, positions, original, "transformers", ids), noop_check(planned, plain_logits, got, positions, original, "transformers")]
+        s = hf_subject(path)
+        if base_path is not None:
+            _check_base(path, base_path)
+            s.base_block = hf_subject(base_path).view.rope if not (path / "yarnconv.json").is_file() else s.base_block
+    probe = make_probe(s, tokens, seed, text, seeded)
+    alone = (probe.near,) if s.kind == "gguf" and probe.near < len(probe.tokens) else ()
+    reference = ReferenceModel(s.reference)
+    planned = reference.logits(probe.tokens, probe.positions, spec=s.spec(), alone=alone).double().numpy()
+    plain_block = rope_plain(s)
+    plain = reference.logits(probe.tokens, probe.positions, spec=s.spec(plain_block), alone=alone).double().numpy()
+    checks = engine_checks(s, probe, planned, plain, reference)
+    near = probe.near
+    base_near = plain[:near] if s.base_block == plain_block else reference.logits(probe.tokens[:near], spec=s.spec(s.base_block)).double().numpy()
+    next_tokens = np.array([*probe.tokens[1:near], -1])
     report = {
-        "model": str(root),
-        "plan": {"rope": block.to_dict(), "from": intent, "max_position_embeddings": view.max_position},
-        "probe": {"tokens": tokens, "seed": seed, "positions": [positions[0], positions[tokens // 2 - 1], positions[tokens // 2], positions[-1]]},
+        "model": str(path),
+        "kind": s.kind,
+        "engine": "llama.cpp" if s.kind == "gguf" else "transformers",
+        "plan": {"rope": s.block.to_dict(), "from": s.intent, "max_position_embeddings": s.max_position, "original_context": s.original},
+        "reference": {"weights": str(s.reference), "weight_type": s.weight_type},
+        "probe": probe.summary(),
         "checks": [c.to_dict() for c in checks],
+        "drift": {"base_rope": s.base_block.to_dict(), **drift(base_near, planned[:near], next_tokens, seed=seed)},
         "ok": all(c.status != "failed" for c in checks) and any(c.passed for c in checks),
     }
     return report, checks
+
+
+def rope_plain(s: Subject) -> Any:
+    from yarnconv.config import RopeBlock
+
+    return RopeBlock(theta=s.block.theta, partial_rotary_factor=s.block.partial_rotary_factor)
+
+
+def engine_checks(s: Subject, probe: Probe, planned: np.ndarray, plain: np.ndarray, reference: Any) -> list[Check]:
+    if s.kind == "hf":
+        try:
+            got, table = transformers_logits(s.path, probe.tokens, probe.positions)
+        except ImportError:
+            return [skipped("transformers", "transformers is not installed (pip install transformers)")]
+        return [
+            rope_table_check(table, s.spec()),
+            *region_checks(planned, got, probe, s.original, "transformers", LOGIT_BOUNDS),
+            noop_check(planned, plain, got, probe.positions, s.original, "transformers"),
+        ]
+    from yarnconv.verify import gguf_checks, llama_cpp
+
+    checks = [gguf_checks.keys_check(s), gguf_checks.context_check(s)]
+    if s.reference != s.path and s.gguf["arch"] == "llama":
+        from yarnconv.verify.weights import gguf_source
+
+        checks.append(gguf_checks.qk_layout_check(s, gguf_source(s.path)[1], reference.weights))
+    near, far = probe.tokens[: probe.near], probe.tokens[probe.near :]
+    got = llama_cpp.gapped_logits(s.path, near, far, probe.positions[probe.near] if far else 0)
+    bounds = gguf_checks.logit_bounds(s.weight_type, s.reference != s.path)
+    return [*checks, *region_checks(planned, got, probe, s.original, "llama.cpp", bounds), noop_check(planned, plain, got, probe.positions, s.original, "llama.cpp")]
 
 
 def save_report(path: Path, report: dict[str, Any]) -> Path:

@@ -1,0 +1,100 @@
+"""Checks only a GGUF needs: its rope keys and context against the plan, llama.cpp's Q/K row layout,
+and logit tolerances by weight type.
+
+Tolerances (KL in nats per token, llama.cpp against the reference, measured on SmolLM2-135M ×4
+with seeded ids, flash attention off, float32 cache; the bounds leave 3-10x headroom): F32 mean
+1e-6 near / 8e-6 far is pure float32 rounding plus llama.cpp's angle products; F16 weights round
+activations to f16 (mean ~1e-5); BF16 to bf16 (~5e-4); Q8_0 and 4-bit quants quantize
+activations to 8 bits (~1e-2). Against --base (HF weights) a quantized file adds its own
+weight error, so the same bounds are used with the next looser rung.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from yarnconv import rope
+from yarnconv.verify.check import Bound, Check, judge
+from yarnconv.verify.subject import Subject
+
+_F32 = (Bound("kl_mean", "<=", 1e-5), Bound("kl_max", "<=", 1e-4), Bound("top1_agreement", ">=", 0.99))
+_F16 = (Bound("kl_mean", "<=", 1e-4), Bound("kl_max", "<=", 1e-3), Bound("top1_agreement", ">=", 0.98))
+_BF16 = (Bound("kl_mean", "<=", 5e-3), Bound("kl_max", "<=", 5e-2), Bound("top1_agreement", ">=", 0.9))
+_Q8 = (Bound("kl_mean", "<=", 0.05), Bound("kl_p99", "<=", 0.3), Bound("top1_agreement", ">=", 0.7))
+_LOW = (Bound("kl_mean", "<=", 0.15), Bound("kl_p99", "<=", 1.0), Bound("top1_agreement", ">=", 0.5))
+LADDER = [("F32", _F32), ("F16", _F16), ("BF16", _BF16), ("Q8_0", _Q8), ("*", _LOW)]
+
+
+def logit_bounds(weight_type: str, against_base: bool) -> tuple[Bound, ...]:
+    rung = next((i for i, (name, _) in enumerate(LADDER) if name == weight_type), len(LADDER) - 1)
+    if against_base and weight_type not in ("F32", "F16"):
+        rung = min(rung + 1, len(LADDER) - 1)
+    return LADDER[rung][1]
+
+
+def keys_check(s: Subject) -> Check:
+    """What llama.cpp builds from the file's rope keys equals the plan."""
+    keys = s.gguf["keys"]
+    got_block = keys.block()
+    got = rope.compute(got_block.spec(s.dim, keys.context_length), precision="float32")
+    want = rope.compute(s.spec(), precision="float32")
+    pairs = len(got.inv_freq) == len(want.inv_freq)
+    diff = max((abs(a - b) / b for a, b in zip(got.inv_freq, want.inv_freq, strict=False)), default=0.0) if pairs else float("inf")
+    measured = {
+        "pairs_match": pairs,
+        "inv_freq_max_rel_diff": diff,
+        "attention_factor": got.attention_factor,
+        "attention_factor_diff": abs(got.attention_factor - want.attention_factor),
+        "llama_cpp_reads": got_block.to_dict(),
+    }
+    check = judge("llama.cpp rope from the GGUF keys", measured, (Bound("pairs_match", "==", True), Bound("inv_freq_max_rel_diff", "<=", 1e-6), Bound("attention_factor_diff", "<=", 1e-6)))
+    if check.passed:
+        return check
+    return Check(check.name, "failed", measured, check.bounds, _key_cause(keys, got_block, s))
+
+
+def _key_cause(keys: Any, got: Any, s: Subject) -> str:
+    arch, want = keys.arch, s.block
+    if want.rope_type == "yarn" and got.rope_type != "yarn":
+        return f"the GGUF has no YaRN keys ({arch}.rope.scaling.type is {keys.scaling_type!r}): llama.cpp runs it with plain RoPE; fix: yarnconv extend FILE.gguf --scale {want.factor:g}"
+    if want.factor != got.factor:
+        return f"{arch}.rope.scaling.factor is {got.factor}, the plan's factor is {want.factor}"
+    if (want.original_context or 0) != (got.original_context or 0):
+        absent = " (absent: llama.cpp falls back to context_length)" if keys.original_context is None else ""
+        return f"llama.cpp's original length is {got.original_context}{absent}, the plan's is {want.original_context}; fix: set {arch}.rope.scaling.original_context_length"
+    if got.theta != want.theta:
+        return f"{arch}.rope.freq_base is {got.theta:g}, the plan's theta is {want.theta:g}"
+    return f"llama.cpp's attention magnitude or ramp from these keys differs from the plan ({arch}.rope.scaling.attn_factor {keys.attn_factor:g})"
+
+
+def context_check(s: Subject) -> Check:
+    """context_length is what llama.cpp and its servers size the context by (n_ctx 0 = train length)."""
+    ctx = s.gguf["context_length"] or 0
+    want = s.max_position if s.reference != s.path else int(round((s.block.original_context or ctx) * (s.block.factor or 1.0)))
+    measured = {"context_length": ctx, "planned_context": want}
+    if ctx == want or (s.reference == s.path and ctx >= want):
+        return Check("GGUF context_length", "passed", measured)
+    arch = s.gguf["arch"]
+    return Check(
+        "GGUF context_length",
+        "failed",
+        measured,
+        reason=f"{arch}.context_length is {ctx}, the planned context is {want}: llama.cpp's default context (-c 0) and servers that cap at it stop at {ctx}; fix: yarnconv extend FILE.gguf with the plan",
+    )
+
+
+def qk_layout_check(s: Subject, gguf_weights: Any, base_weights: Any) -> Check:
+    """Llama-family GGUFs hold Q/K rows paired for llama.cpp's rope; layer 0 against the base tells."""
+    from yarnconv.verify.weights import pair_rows
+
+    name = "model.layers.0.self_attn.q_proj.weight"
+    heads = s.view.num_heads or 1
+    want = base_weights.get(name)
+    paired = gguf_weights.get(name)  # the reader undoes llama.cpp's pairing: HF order if converted right
+    as_stored = pair_rows(paired, heads)  # the rows as they lie in the file
+    scale = float(want.norm()) or 1.0
+    measured = {"rel_err_as_llama_cpp_pairs": float((paired - want).norm()) / scale, "rel_err_as_hf_order": float((as_stored - want).norm()) / scale}
+    if measured["rel_err_as_hf_order"] < measured["rel_err_as_llama_cpp_pairs"]:
+        return Check("GGUF Q/K row layout", "failed", measured, reason="attn_q/attn_k rows are in HF order, not paired for llama.cpp's rope: the converter's Q/K permute was skipped; re-export with yarnconv export --gguf")
+    return judge("GGUF Q/K row layout", measured, (Bound("rel_err_as_llama_cpp_pairs", "<=", 0.25),))
+

@@ -1,0 +1,131 @@
+"""llama.cpp as a verify engine, through llama-cpp-python's C API, at long rope distances.
+
+llama.cpp's batch rules (``llama_batch_allocr::init``): within one decode a sequence's positions
+must be continuous, and a sequence that already holds tokens must go on at its last position + 1;
+an empty sequence may start anywhere. So a gapped probe (near tokens at 0.., far tokens ending at
+the context's last position) is run as three decodes:
+
+1. the near tokens in sequence 0 at positions 0..h-1;
+2. the first far token alone in the empty sequence 1, at its large position;
+3. sequence 0's cells shared into sequence 1 (``llama_memory_seq_cp``, one unified cache), then the
+   other far tokens in sequence 1, which see the near tokens across the full distance.
+
+The first far token therefore attends only to itself; the reference is told so (``alone``). The
+KV cache is float32 and flash attention off (llama.cpp's CPU kernel rounds it through f16), so an
+f32 GGUF matches the reference to float32 rounding; what is left grows with the position, from
+llama.cpp forming each pair's angle by repeated float32 products.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from yarnconv.errors import YarnconvError
+
+
+def available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _quiet(lib: Any) -> Any:
+    """A log callback that drops llama.cpp's chatter (kept referenced while the library lives)."""
+
+    @lib.llama_log_callback
+    def drop(level: int, text: bytes, user: Any) -> None:
+        return None
+
+    lib.llama_log_set(drop, ctypes.c_void_p(0))
+    return drop
+
+
+_CALLBACK: Any = None
+
+
+def _lib() -> Any:
+    """llama-cpp-python, with llama.cpp's logging silenced once."""
+    global _CALLBACK
+    import llama_cpp as lib
+
+    if _CALLBACK is None:
+        _CALLBACK = _quiet(lib)
+    return lib
+
+
+def gapped_logits(path: str | os.PathLike[str], near: list[int], far: list[int], far_start: int, *, threads: int | None = None) -> np.ndarray:
+    """llama.cpp's logits for ``near`` at 0..len(near)-1 then ``far`` at ``far_start``.. (see module doc);
+    with ``far`` empty, one ordinary sequence. Returns [len(near) + len(far), vocab] float64."""
+    lib = _lib()
+    if far and far_start <= len(near) - 1:
+        raise ValueError("far tokens must start after the near ones")
+    mp = lib.llama_model_default_params()
+    mp.n_gpu_layers = 0
+    model = lib.llama_model_load_from_file(str(Path(path)).encode(), mp)
+    if not model:
+        raise YarnconvError(f"llama.cpp could not load {Path(path).name}", "run `yarnconv inspect` on it; is it a complete GGUF of an architecture your llama-cpp-python knows?")
+    total = len(near) + len(far)
+    cp = lib.llama_context_default_params()
+    cp.n_ctx = max(256, -(-total // 256) * 256)
+    cp.n_batch = cp.n_ubatch = max(total, 1)
+    cp.n_seq_max = 2
+    cp.kv_unified = True
+    cp.type_k = cp.type_v = lib.GGML_TYPE_F32
+    cp.flash_attn_type = 0  # disabled: llama.cpp's CPU flash attention rounds through f16
+    cp.n_threads = cp.n_threads_batch = threads or os.cpu_count() or 2
+    ctx = lib.llama_init_from_model(model, cp)
+    if not ctx:
+        lib.llama_model_free(model)
+        raise YarnconvError(f"llama.cpp could not create a context for {Path(path).name}", "is there memory for a float32 cache of the probe?")
+    n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model))
+    batch = lib.llama_batch_init(max(total, 1), 0, 1)
+    rows: list[np.ndarray] = []
+    try:
+
+        def decode(tokens: list[int], start: int, seq: int) -> None:
+            batch.n_tokens = len(tokens)
+            for i, t in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = t, start + i, 1, 1
+                batch.seq_id[i][0] = seq
+            if lib.llama_decode(ctx, batch) != 0:
+                raise YarnconvError(f"llama.cpp refused the probe at positions {start}..{start + len(tokens) - 1}", "report this as a yarnconv bug")
+            for i in range(len(tokens)):
+                rows.append(np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, i), shape=(n_vocab,)).astype(np.float64))
+
+        decode(near, 0, 0)
+        if far:
+            decode(far[:1], far_start, 1)
+            lib.llama_memory_seq_cp(lib.llama_get_memory(ctx), 0, 1, -1, -1)
+            if len(far) > 1:
+                decode(far[1:], far_start + 1, 1)
+    finally:
+        lib.llama_batch_free(batch)
+        lib.llama_free(ctx)
+        lib.llama_model_free(model)
+    return np.stack(rows)
+
+
+def tokenize(path: str | os.PathLike[str], text: str) -> list[int]:
+    """``text`` through the GGUF's own tokenizer (BOS added where the file says so)."""
+    lib = _lib()
+    mp = lib.llama_model_default_params()
+    mp.vocab_only = True
+    model = lib.llama_model_load_from_file(str(Path(path)).encode(), mp)
+    if not model:
+        raise YarnconvError(f"llama.cpp could not read the vocabulary of {Path(path).name}", "verify with seeded ids (--seeded)")
+    try:
+        vocab = lib.llama_model_get_vocab(model)
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        out = (lib.llama_token * cap)()
+        n = lib.llama_tokenize(vocab, data, len(data), out, cap, True, False)
+        if n < 0:
+            raise YarnconvError(f"llama.cpp's tokenizer failed on the probe text of {Path(path).name}", "verify with seeded ids (--seeded)")
+        return list(out[:n])
+    finally:
+        lib.llama_model_free(model)

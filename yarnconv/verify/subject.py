@@ -1,0 +1,105 @@
+"""What ``verify`` checks and against what plan: an HF checkpoint, or a GGUF file (alone or with the
+HF checkpoint it came from as ``--base``).
+
+The plan is what extend recorded in ``yarnconv.json`` (``rope_after``), or without a record the
+config's own rope as yarnconv reads it; for a GGUF on its own, its rope keys as llama.cpp reads
+them. The base rope (drift, no-op detector) is the record's ``rope_before``, else plain RoPE with
+the same theta: extend never changes weights, so the base model is the same weights with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yarnconv import rope
+from yarnconv.config import ConfigView, RopeBlock, read_config
+from yarnconv.errors import YarnconvError
+from yarnconv.storage.files import CONFIG, RECORD, read_json
+
+
+@dataclass
+class Subject:
+    path: Path
+    kind: str  # "hf" or "gguf"
+    view: ConfigView  # the config the reference runs (the base's for a GGUF with --base)
+    block: RopeBlock  # the plan
+    base_block: RopeBlock
+    intent: str
+    reference: Path  # where the reference reads weights: an HF directory or the GGUF itself
+    weight_type: str = "F32"  # the GGUF's dominant matrix type (tolerances)
+    gguf: dict[str, Any] = field(default_factory=dict)  # header facts for the GGUF checks
+
+    @property
+    def dim(self) -> int:
+        return self.view.rope_head_dim or self.view.head_dim or 0
+
+    @property
+    def max_position(self) -> int:
+        return self.view.max_position or self.original
+
+    @property
+    def original(self) -> int:
+        return self.block.original_context or self.view.max_position or 0
+
+    def spec(self, block: RopeBlock | None = None) -> rope.RopeSpec:
+        return (block or self.block).spec(self.dim, self.view.max_position)
+
+
+def _record(root: Path) -> dict[str, Any]:
+    path = root / RECORD
+    data = read_json(path, RECORD) if path.is_file() else {}
+    return data if isinstance(data, dict) else {}
+
+
+def _block(data: Any, what: str) -> RopeBlock | None:
+    if not isinstance(data, dict):
+        return None
+    try:
+        return RopeBlock(**data)
+    except TypeError:
+        raise YarnconvError(f"{RECORD} has an unreadable {what}", "re-run extend, or remove the record to verify the config as it is") from None
+
+
+def intended_rope(root: Path, view: ConfigView) -> tuple[RopeBlock, str]:
+    """The rope the checkpoint is meant to run: extend's recorded plan, else the config's own block."""
+    after = _block(_record(root).get("rope_after"), "rope_after")
+    if after is not None:
+        return after, f"{RECORD} (the plan extend wrote)"
+    return view.rope, f"{CONFIG} (no {RECORD}: the config's own rope, as yarnconv reads it)"
+
+
+def base_rope(root: Path, block: RopeBlock) -> RopeBlock:
+    before = _block(_record(root).get("rope_before"), "rope_before")
+    return before if before is not None else RopeBlock(theta=block.theta, partial_rotary_factor=block.partial_rotary_factor)
+
+
+def hf_subject(root: Path) -> Subject:
+    if not (root / CONFIG).is_file():
+        raise YarnconvError(f"no {CONFIG} in {root}", "verify an HF checkpoint directory or a .gguf file")
+    view = read_config(read_json(root / CONFIG, CONFIG))
+    block, intent = intended_rope(root, view)
+    return Subject(root, "hf", view, block, base_rope(root, block), intent, root)
+
+
+def gguf_subject(path: Path, base: Path | None) -> Subject:
+    from yarnconv.gguf.keys import read_rope
+    from yarnconv.verify.weights import gguf_source
+
+    config, _, header = gguf_source(path)
+    arch = header.arch or "?"
+    keys = read_rope(header.get, arch, {t.name for t in header.tensors})
+    sizes: dict[str, int] = {}
+    for t in header.tensors:
+        if len(t.dims) > 1:
+            sizes[t.type_name] = sizes.get(t.type_name, 0) + t.nbytes
+    facts = {"arch": arch, "keys": keys, "context_length": keys.context_length, "file_type": header.get("general.file_type")}
+    weight_type = max(sizes, key=lambda k: sizes[k]) if sizes else "F32"
+    if base is not None:
+        hf = hf_subject(base)
+        return Subject(path, "gguf", hf.view, hf.block, hf.base_block, f"--base {base}: {hf.intent}", base, weight_type, facts)
+    view = read_config(config)
+    block = keys.block()
+    plain = RopeBlock(theta=block.theta)
+    return Subject(path, "gguf", view, block, plain, "the file's own rope keys, as llama.cpp reads them", path, weight_type, facts)
