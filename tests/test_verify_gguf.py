@@ -178,3 +178,28 @@ def test_broken_tokenizer_is_one_line(exported: dict, tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 1 and len(lines) == 1 and "tokenizer" in lines[0] and "--seeded" in lines[0], result.output
     assert CliRunner().invoke(main, ["verify", str(model), "--seeded"]).exit_code == 0
+
+
+def test_export_and_patch_verify_run_llama_cpp_right_after_writing(exported: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, ext, gguf = exported["qwen3"]
+    result = CliRunner().invoke(main, ["export", str(ext), "--gguf", "--outtype", "f16", "-o", str(tmp_path / "e.gguf"), "--verify", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["verify"]["ok"] and record["verify"]["engine"] == "llama.cpp" and record["verify"]["reference"]["weights"] == str(ext)
+    plain = tmp_path / "plain.gguf"
+    run_cli("export", str(src), "--gguf", "--outtype", "f32", "-o", str(plain), "-q")
+    result = CliRunner().invoke(main, ["extend", str(plain), "--scale", "4", "-o", str(tmp_path / "patched.gguf"), "--verify", "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["verify"]["ok"], result.output
+    refused = CliRunner().invoke(main, ["export", str(ext), "--gguf", "-o", str(tmp_path / "d.gguf"), "--verify", "--dry-run"])
+    assert refused.exit_code == 2 and "--verify does not apply to a dry run" in refused.stderr
+    # the failure path: verify is handed a plan the written keys do not follow (standing in for a bad writer)
+    from yarnconv.config import RopeBlock
+    from yarnconv.verify import subject
+
+    wrong = RopeBlock("yarn", theta=1e6, factor=4.0, original_context=128, beta_fast=32.0, beta_slow=1.0)
+    monkeypatch.setattr(subject, "intended_rope", lambda root, view: (wrong, "test"))
+    out = tmp_path / "f.gguf"
+    result = CliRunner().invoke(main, ["export", str(ext), "--gguf", "--outtype", "f32", "-o", str(out), "--verify", "-q"])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and "verification failed: llama.cpp rope from the GGUF keys" in lines[0], result.output
+    assert f"the output is kept at {out}" in lines[0] and out.is_file()

@@ -75,7 +75,7 @@ class ExtendJob:
     precompute_inv_freq: bool = option(False, "Also write yarnconv_rope.safetensors with the final inverse frequencies.")
     revision: str | None = option(help="Hub revision, when MODEL is a Hub id.")
     dry_run: bool = option(False, "Show the plan and the new rope config; write nothing.")
-    verify: bool = option(False, "Run verify's checks on the output right after writing it (HF outputs); a failure exits 1 and keeps the output.")
+    verify: bool = option(False, "Run verify's checks on the output right after writing it (transformers for HF, llama.cpp for GGUF); a failure exits 1 and keeps the output.")
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class ExportJob:
     name: str | None = option(help="Model name for general.name and the file name (default: the directory or Hub name).")
     force: bool = option(False, "Overwrite existing output files.")
     dry_run: bool = option(False, "Show what would be written; write nothing.")
+    verify: bool = option(False, "Run verify's checks on the GGUF in llama.cpp right after writing it (MODEL as --base); a failure exits 1 and keeps the output.")
 
 
 @dataclass(frozen=True)
@@ -151,16 +152,18 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
     route = extend_route(model, job)
     if route == "patch":
         reject(job, ["gguf", *GGUF_SETTINGS, "schema", "precompute_inv_freq", "revision"], "patching a GGUF file (its tensors are kept as they are)")
-        reject(job, ["verify"], "GGUF outputs yet (verify reads HF checkpoints so far)")
+        if job.dry_run:
+            reject(job, ["verify"], "a dry run (nothing is written to verify)")
         from yarnconv.gguf.patch import patch
 
         record = patch(
             model, job.output, job.rope, in_place=job.in_place, force_output=job.rope.force, link=job.link or "auto", dry_run=job.dry_run, progress=progress
         )
-        return Result("extend", route, record)
+        return _verified(Result("extend", route, record), record.get("output") or model, None, job.verify)
     if route == "gguf":
         reject(job, ["in_place", "schema", "precompute_inv_freq", "link"], "extend --gguf (it writes one GGUF file)")
-        reject(job, ["verify"], "GGUF outputs yet (verify reads HF checkpoints so far)")
+        if job.dry_run:
+            reject(job, ["verify"], "a dry run (nothing is written to verify)")
     else:
         reject(job, [*GGUF_SETTINGS, "in_place"], "an HF checkpoint output (add --gguf to write GGUF)")
     if job.output is None and not (route == "dry-run"):
@@ -185,7 +188,7 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
             progress=progress,
         )
         record.update(plan.summary())
-        return Result("extend", route, record)
+        return _verified(Result("extend", route, record), record.get("output"), None, job.verify)
     if route == "dry-run":
         reject(job, ["verify"], "a dry run (nothing is written to verify)")
         _, _, plan = plan_for(model, job.rope, revision=job.revision)
@@ -201,17 +204,23 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
         revision=job.revision,
         progress=progress,
     )
-    if not job.verify:
-        return Result("extend", route, record)
-    checked = verify(job.output)  # type: ignore[arg-type]
-    record["verify"] = checked.record
+    return _verified(Result("extend", route, record), job.output, None, job.verify)
+
+
+def _verified(result: Result, target: Any, base: Any, wanted: bool) -> Result:
+    """``--verify``: the fast checks on what was just written; a failure raises and keeps the output."""
+    if not wanted or result.record.get("dry_run"):
+        return result
+    checked = verify(target, VerifyJob(base=base))
+    result.record["verify"] = checked.record
+    result.details["verify"] = checked
     if not checked.ok:
         failed = next(c for c in checked.details["checks"] if c.status == "failed")
         raise YarnconvError(
-            f"verification failed: {failed.name}: {failed.reason}; the output is kept at {job.output}",
+            f"verification failed: {failed.name}: {failed.reason}; the output is kept at {target}",
             f"read {checked.record['saved']} for every check",
         )
-    return Result("extend", route, record, details={"verify": checked})
+    return result
 
 
 def export(model: str | os.PathLike[str], job: ExportJob, *, progress: bool = True) -> Result:
@@ -220,6 +229,8 @@ def export(model: str | os.PathLike[str], job: ExportJob, *, progress: bool = Tr
         raise UsageError("choose an export format", "pass --gguf")
     if job.output is None:
         raise UsageError("no output given", "pass -o FILE.gguf or -o DIR")
+    if job.verify and job.dry_run:
+        raise UsageError("--verify does not apply to a dry run (nothing is written to verify)", "drop --verify or --dry-run")
     from yarnconv.gguf.export import export_gguf
 
     record = export_gguf(
@@ -234,7 +245,8 @@ def export(model: str | os.PathLike[str], job: ExportJob, *, progress: bool = Tr
         dry_run=job.dry_run,
         progress=progress,
     )
-    return Result("export", "gguf", {**record, "dry_run": job.dry_run})
+    base = model if os.path.isdir(model) else None
+    return _verified(Result("export", "gguf", {**record, "dry_run": job.dry_run}), record.get("output"), base, job.verify)
 
 
 def inspect(model: str | os.PathLike[str], job: InspectJob = InspectJob()) -> Result:

@@ -9,7 +9,7 @@ import click
 
 from yarnconv.api import ExtendJob
 from yarnconv.cli.options import quiet_and_json, request_from, request_options
-from yarnconv.cli.output import emit, print_change, print_export, print_record
+from yarnconv.cli.output import emit, print_change, print_export, print_record, print_verified
 
 
 @click.command()
@@ -56,3 +56,4 @@ def _print_patch(r: dict[str, Any]) -> None:
     verb = "would write" if r.get("dry_run") else "wrote"
     how = "header edited in place" if r["mode"] == "in-place" else "new header, tensor data copied verbatim"
     click.echo(f"{verb} {r['output']} ({how})")
+    print_verified(r)

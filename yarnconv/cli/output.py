@@ -46,10 +46,15 @@ def print_record(r: dict[str, Any]) -> None:
         counts[f["action"]] = counts.get(f["action"], 0) + 1
     click.echo("  files: " + ", ".join(f"{n} {a}" for a, n in sorted(counts.items())))
     click.echo(f"wrote {r['output']}")
+    print_verified(r)
+
+
+def print_verified(r: dict[str, Any]) -> None:
+    """The one-line verify summary of extend --verify and export --verify."""
     v = r.get("verify")
     if v:
         passed = sum(c["status"] == "passed" for c in v["checks"])
-        click.echo(f"verified: {passed} of {len(v['checks'])} checks passed ({v['saved']})")
+        click.echo(f"verified in {v['engine']}: {passed} of {len(v['checks'])} checks passed ({v['saved']})")
 
 
 def print_export(r: dict[str, Any]) -> None:
@@ -66,3 +71,4 @@ def print_export(r: dict[str, Any]) -> None:
     for w in r["warnings"]:
         click.echo(f"  WARNING: {w}", err=True)
     click.echo(("would write " if r.get("dry_run") else "wrote ") + ", ".join(r["outputs"]))
+    print_verified(r)
