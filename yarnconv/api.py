@@ -120,6 +120,10 @@ class VerifyJob:
     seed: int = option(0, "Seed of the probe's token ids and text choice.", kind=int)
     text: str | None = option(help="Probe text file, through the model's own tokenizer (default: Python's standard-library sources on this machine).", kind=os.PathLike)
     seeded: bool = option(False, "Probe with seeded random token ids instead of text.")
+    passkey: bool = option(False, "Also run passkey retrieval (a 5-digit key hidden in filler text), beside --base for HF outputs.")
+    lengths: str | None = option(help="Passkey prompt lengths, e.g. 8k,16k,32k (default: the original and the new context).")
+    passkey_trials: int = option(2, "Passkey trials per length and depth (5 depths).", kind=int)
+    passkey_min: float | None = option(help="Fail unless the extended model's passkey accuracy reaches this at every length (0-1).", kind=float)
     report: str | None = option(help="Also write the report to this JSON file.", kind=os.PathLike)
 
 
@@ -272,7 +276,7 @@ def demo(job: DemoJob = DemoJob(), *, progress: bool = True) -> Result:
     return Result("demo", "builtin:smollm2", data, ok=data["ok"], details={"checks": checks})
 
 
-def verify(model: str | os.PathLike[str], job: VerifyJob = VerifyJob()) -> Result:
+def verify(model: str | os.PathLike[str], job: VerifyJob = VerifyJob(), *, progress: bool = False) -> Result:
     """``yarnconv verify``: run the artifact in its runtime (transformers for an HF checkpoint,
     llama.cpp for a GGUF) and compare it with the reference forward running the plan; the report
     is also saved beside it (yarnconv-verify.json, or FILE.gguf.verify.json)."""
@@ -287,7 +291,17 @@ def verify(model: str | os.PathLike[str], job: VerifyJob = VerifyJob()) -> Resul
     root = Path(model)
     if not root.is_dir() and root.suffix != ".gguf":
         raise YarnconvError(f"{model} is neither a checkpoint directory nor a .gguf file", "verify an HF output directory or a GGUF file")
-    report, checks = verify_model(root, base=job.base, tokens=job.tokens, seed=job.seed, text=job.text, seeded=job.seeded)
+    if not job.passkey:
+        reject(job, ["lengths", "passkey_min"], "a run without --passkey")
+    from yarnconv.verify.passkey import parse_lengths
+
+    if job.passkey_min is not None and not 0 <= job.passkey_min <= 1:
+        raise UsageError(f"--passkey-min {job.passkey_min} is not an accuracy", "give a number from 0 to 1")
+
+    lengths = parse_lengths(job.lengths) if job.lengths else [] if job.passkey else None
+    report, checks = verify_model(
+        root, base=job.base, tokens=job.tokens, seed=job.seed, text=job.text, seeded=job.seeded, passkey=lengths, passkey_trials=job.passkey_trials, passkey_min=job.passkey_min, progress=progress
+    )
     beside = root / REPORT if root.is_dir() else root.with_name(root.name + ".verify.json")
     report["saved"] = str(save_report(beside, report))
     if job.report:

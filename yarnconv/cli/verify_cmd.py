@@ -31,7 +31,7 @@ def verify(model: str, as_json: bool, **settings: Any) -> None:
     """
     from yarnconv import api
 
-    result = api.verify(model, request_from(VerifyJob, settings))
+    result = api.verify(model, request_from(VerifyJob, settings), progress=not as_json)
     emit(result.to_dict(), as_json, _print)
     if not result.ok:
         sys.exit(1)
@@ -49,6 +49,13 @@ def _print(r: dict[str, Any]) -> None:
         click.echo(line + (f"  ({numbers})" if numbers else ""))
         if c.get("reason"):
             click.echo(f"           {c['reason']}")
+    pk = r.get("passkey")
+    if pk:
+        click.echo(f"  passkey retrieval in {pk['engine']} (filler: {pk['filler']}; depths {', '.join(f'{d:g}' for d in pk['depths'])}):")
+        for row in pk["per_length"]:
+            depths = " ".join(f"{x['correct']}/{x['trials']}" for x in pk["rows"] if x["model"] == row["model"] and x["length"] == row["length"])
+            low, high = row["ci95"]
+            click.echo(f"    {row['model']:<9} {row['length']:>7} tokens: {row['accuracy']:.0%} [95% CI {low:.0%}-{high:.0%}]  by depth {depths}")
     d = r["drift"]
     low, high = d["nll_delta_ci95"]
     click.echo(f"  drift below the original length (reported, not gated): NLL {d['nll_delta']:+.4f} nats/token [95% CI {low:+.4f}, {high:+.4f}], top-1 flips {d['top1_flips']:.1%}")

@@ -16,10 +16,10 @@ class _NullBar:
         pass
 
 
-def progress_bar(total: int, enabled: bool, desc: str) -> Any:
-    """A byte-counting tqdm bar, or a no-op one for --quiet / --json."""
+def progress_bar(total: int, enabled: bool, desc: str, unit: str = "B") -> Any:
+    """A tqdm bar counting bytes (or ``unit``), or a no-op one for --quiet / --json."""
     if not enabled:
         return _NullBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="B", unit_scale=True, desc=desc, leave=False)
+    return tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=desc, leave=False)

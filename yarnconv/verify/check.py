@@ -6,7 +6,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Status = Literal["passed", "failed", "skipped"]
+Status = Literal["passed", "failed", "skipped", "info"]  # info: reported, never gated
 _OPS = {"<=": operator.le, ">=": operator.ge, "==": operator.eq}
 
 

@@ -129,3 +129,51 @@ def tokenize(path: str | os.PathLike[str], text: str) -> list[int]:
         return list(out[:n])
     finally:
         lib.llama_model_free(model)
+
+
+class Sequence:
+    """One sequence decoded incrementally (passkey answers): ``feed`` returns the last token's logits."""
+
+    def __init__(self, path: str | os.PathLike[str], n_ctx: int, *, batch: int = 512) -> None:
+        lib = self.lib = _lib()
+        mp = lib.llama_model_default_params()
+        mp.n_gpu_layers = 0
+        self.model = lib.llama_model_load_from_file(str(Path(path)).encode(), mp)
+        if not self.model:
+            raise YarnconvError(f"llama.cpp could not load {Path(path).name}", "run `yarnconv inspect` on it")
+        cp = lib.llama_context_default_params()
+        cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, batch, batch
+        cp.n_threads = cp.n_threads_batch = os.cpu_count() or 2
+        self.ctx = lib.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            lib.llama_model_free(self.model)
+            raise YarnconvError(f"llama.cpp could not create a {n_ctx}-token context for {Path(path).name}", "use shorter --lengths")
+        self.vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model))
+        self.batch, self.size, self.pos = lib.llama_batch_init(batch, 0, 1), batch, 0
+
+    def reset(self) -> None:
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
+        self.pos = 0
+
+    def feed(self, tokens: list[int]) -> np.ndarray:
+        b = self.batch
+        for start in range(0, len(tokens), self.size):
+            chunk = tokens[start : start + self.size]
+            b.n_tokens = len(chunk)
+            for i, t in enumerate(chunk):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = t, self.pos + i, 1, int(i == len(chunk) - 1)
+                b.seq_id[i][0] = 0
+            if self.lib.llama_decode(self.ctx, b) != 0:
+                raise YarnconvError(f"llama.cpp could not decode at position {self.pos}", "use shorter --lengths")
+            self.pos += len(chunk)
+        return np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, -1), shape=(self.vocab,)).astype(np.float64)
+
+    def detokenize(self, token: int) -> str:
+        buf = ctypes.create_string_buffer(64)
+        n = self.lib.llama_token_to_piece(self.lib.llama_model_get_vocab(self.model), token, buf, 64, 0, False)
+        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        self.lib.llama_batch_free(self.batch)
+        self.lib.llama_free(self.ctx)
+        self.lib.llama_model_free(self.model)

@@ -127,7 +127,17 @@ def _check_base(root: Path, base: Path) -> None:
 
 
 def verify_model(
-    source: str | os.PathLike[str], *, base: str | os.PathLike[str] | None = None, tokens: int = 256, seed: int = 0, text: str | None = None, seeded: bool = False
+    source: str | os.PathLike[str],
+    *,
+    base: str | os.PathLike[str] | None = None,
+    tokens: int = 256,
+    seed: int = 0,
+    text: str | None = None,
+    seeded: bool = False,
+    passkey: list[int] | None = None,
+    passkey_trials: int = 2,
+    passkey_min: float | None = None,
+    progress: bool = False,
 ) -> tuple[dict[str, Any], list[Check]]:
     """Run the checks on an HF checkpoint directory or a GGUF file; returns the report and the checks."""
     from yarnconv.verify.reference import ReferenceModel
@@ -167,9 +177,46 @@ def verify_model(
         "probe": probe.summary(),
         "checks": [c.to_dict() for c in checks],
         "drift": {"base_rope": s.base_block.to_dict(), **drift(base_near, planned[:near], next_tokens, seed=seed)},
-        "ok": all(c.status != "failed" for c in checks) and any(c.passed for c in checks),
     }
+    if passkey is not None:
+        passkey = passkey or [s.original, s.max_position]
+        report["passkey"], check = passkey_run(s, base_path, passkey, passkey_trials, seed, passkey_min, progress)
+        checks.append(check)
+        report["checks"].append(check.to_dict())
+    report["ok"] = all(c.status != "failed" for c in checks) and any(c.passed for c in checks)
     return report, checks
+
+
+def passkey_run(s: Subject, base: Path | None, lengths: list[int], trials: int, seed: int, minimum: float | None, progress: bool) -> tuple[dict[str, Any], Check]:
+    """The passkey test in the artifact's runtime; for an HF output, beside its --base model."""
+    from yarnconv.verify import passkey
+
+    if s.kind == "gguf":
+        engine = passkey.LlamaCppEngine(s.path, max(lengths) + 16)
+        engines: dict[str, passkey.Engine] = {"extended": engine}
+        tokenize = gguf_tokenizer(s.path)
+        assert tokenize is not None  # llama-cpp-python was checked above
+
+        def decode(i: int) -> str:
+            return engine.seq.detokenize(i)
+
+    else:
+        if hf_tokenizer(s.path) is None:
+            raise YarnconvError(f"--passkey needs the model's tokenizer, and {s.path} has none transformers can load", "add the tokenizer files, or drop --passkey")
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(s.path)
+
+        def tokenize(text: str) -> list[int]:
+            return list(tok(text)["input_ids"])
+
+        def decode(i: int) -> str:
+            return str(tok.decode([i]))
+
+        engines = {"extended": passkey.TransformersEngine(s.path)}
+        if base is not None:
+            engines["base"] = passkey.TransformersEngine(base)
+    return passkey.run_passkey(engines, tokenize, decode, lengths, trials=trials, seed=seed, minimum=minimum, progress=progress)
 
 
 def rope_plain(s: Subject) -> Any:
