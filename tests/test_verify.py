@@ -154,3 +154,36 @@ def test_extend_verify_failure_exits_1_and_keeps_the_output(extended_llama: Path
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert "verification failed: transformers rope table" in lines[0] and f"the output is kept at {out}" in lines[0]
     assert (out / "config.json").is_file() and (out / "yarnconv-verify.json").is_file()
+
+
+@pytest.fixture(scope="module")
+def gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Gemma 3 (published gemma-3-1b-it config, shrunk: 6 layers, every 6th full attention)."""
+    from helpers import write_checkpoint
+
+    raw = json.loads((Path(__file__).parent / "corpus" / "gemma-3-1b-it.json").read_text())["config"]
+    raw.update(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=1, head_dim=16, num_hidden_layers=6)
+    raw.update(vocab_size=128, max_position_embeddings=256, sliding_window=64, query_pre_attn_scalar=16)
+    root = tmp_path_factory.mktemp("gemma3")
+    src = write_checkpoint(root / "src", raw, shards=1)
+    assert CliRunner().invoke(main, ["extend", str(src), "--scale", "4", "--schema", "v5", "-o", str(root / "ext"), "-q"]).exit_code == 0
+    return root / "ext"
+
+
+def test_gemma3_rope_tables_are_checked_per_layer_type(gemma3: Path, tmp_path: Path) -> None:
+    code, report = _verify(gemma3)
+    assert code == 0 and report["checks"][0]["name"] == "transformers rope table per layer type", report
+    assert report["checks"][0]["status"] == "passed" and "sliding_attention_inv_freq_max_rel_diff" in report["checks"][0]["measured"]
+    assert "does not run gemma3_text" in report["drift"]["skipped"]
+
+    def swap(cfg: dict) -> None:  # YaRN on the sliding-window layers, plain RoPE on the full-attention ones
+        full, sliding = cfg["rope_parameters"]["full_attention"], cfg["rope_parameters"]["sliding_attention"]
+        cfg["rope_parameters"] = {"full_attention": {**sliding, "rope_theta": full["rope_theta"]}, "sliding_attention": {**full, "rope_theta": sliding["rope_theta"]}}
+
+    code, report = _verify(_broken(gemma3, tmp_path, swap))
+    failed = _failed_checks(report)
+    assert code == 1 and "the scaling sits on the wrong layer type" in failed["transformers rope table per layer type"]["reason"], failed
+
+
+def _failed_checks(report: dict) -> dict[str, dict]:
+    return {c["name"]: c for c in report["checks"] if c["status"] == "failed"}

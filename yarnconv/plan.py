@@ -90,6 +90,7 @@ class ExtendPlan:
             "max_position_embeddings": {"before": self.max_position_before, "after": self.max_position_after},
             "rope_before": self.before.to_dict(),
             "rope_after": self.after.to_dict(),
+            **({"layer_ropes_after": {k: v.to_dict() for k, v in self.layer_ropes.items()}} if self.layer_ropes else {}),
             "notes": self.notes,
             "findings": [f.__dict__ for f in self.findings],
         }

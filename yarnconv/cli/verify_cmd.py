@@ -57,6 +57,9 @@ def _print(r: dict[str, Any]) -> None:
             low, high = row["ci95"]
             click.echo(f"    {row['model']:<9} {row['length']:>7} tokens: {row['accuracy']:.0%} [95% CI {low:.0%}-{high:.0%}]  by depth {depths}")
     d = r["drift"]
-    low, high = d["nll_delta_ci95"]
-    click.echo(f"  drift below the original length (reported, not gated): NLL {d['nll_delta']:+.4f} nats/token [95% CI {low:+.4f}, {high:+.4f}], top-1 flips {d['top1_flips']:.1%}")
+    low, high = d.get("nll_delta_ci95", (0.0, 0.0))
+    if "skipped" in d:
+        click.echo(f"  drift not measured: {d['skipped']}")
+    else:
+        click.echo(f"  drift below the original length (reported, not gated): NLL {d['nll_delta']:+.4f} nats/token [95% CI {low:+.4f}, {high:+.4f}], top-1 flips {d['top1_flips']:.1%}")
     click.echo(("OK: every check passed" if r["ok"] else "FAILED: see the checks above") + f"; report saved to {r['saved']}")

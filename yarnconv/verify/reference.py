@@ -55,7 +55,7 @@ def _shape(view: ConfigView) -> Shape:
     if view.model_type not in FAMILIES:
         raise YarnconvError(
             f"the reference forward runs llama, mistral, qwen2 and qwen3 models, not {view.model_type!r}",
-            "verify this model with the runtimes themselves (--engines transformers,llama.cpp)",
+            "verify checks its rope tables in transformers only (yarnconv verify DIR)",
         )
     if not (view.num_layers and view.hidden_size and view.num_heads and view.head_dim and view.rotary_dim):
         raise YarnconvError("config.json lacks the layer count, hidden size or head counts", "is this a decoder-only model config?")

@@ -29,6 +29,7 @@ from yarnconv.errors import YarnconvError
 from yarnconv.verify.check import Bound, Check, judge, skipped
 from yarnconv.verify.logits import compare_logits
 from yarnconv.verify.probe import Probe, gapped, gguf_tokenizer, hf_tokenizer, seeded_tokens, text_tokens
+from yarnconv.verify.reference import FAMILIES
 from yarnconv.verify.stats import drift, region_stats
 from yarnconv.verify.subject import Subject, gguf_subject, hf_subject
 
@@ -47,27 +48,44 @@ def transformers_logits(root: Path, tokens: list[int], positions: list[int]) -> 
 
     logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32)
-    rotary = next((m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "attention_scaling")), None)
-    table = {"inv_freq": rotary.inv_freq.tolist(), "attention_scaling": float(rotary.attention_scaling)} if rotary is not None else {}
+    rotary = next((m for m in model.modules() if hasattr(m, "inv_freq") or hasattr(m, "layer_types") and hasattr(m, "rope_type")), None)
+    table: dict[str, Any] = {}
+    if rotary is not None and hasattr(rotary, "layer_types") and not hasattr(rotary, "inv_freq"):  # v5 Gemma 3: one table per layer type
+        table = {lt: {"inv_freq": getattr(rotary, f"{lt}_inv_freq").tolist(), "attention_scaling": float(getattr(rotary, f"{lt}_attention_scaling"))} for lt in rotary.layer_types}
+    elif rotary is not None:
+        table = {"": {"inv_freq": rotary.inv_freq.tolist(), "attention_scaling": float(rotary.attention_scaling)}}
     with torch.inference_mode():
         out = model(torch.tensor([tokens]), position_ids=torch.tensor([positions])).logits[0].double().numpy()
     return out, table
 
 
-def rope_table_check(table: dict[str, Any], spec: rope.RopeSpec) -> Check:
-    if not table:
-        return Check("transformers rope table", "failed", reason="no rotary embedding module found in the loaded model")
-    want = rope.compute(spec, precision="float32")
-    got = table["inv_freq"]
-    pairs = len(got) == len(want.inv_freq)
-    diff = max((abs(a - b) / b for a, b in zip(got, want.inv_freq, strict=False)), default=0.0) if pairs else float("inf")
-    measured = {
-        "pairs_match": pairs,
-        "inv_freq_max_rel_diff": diff,
-        "attention_factor": table["attention_scaling"],
-        "attention_factor_diff": abs(table["attention_scaling"] - want.attention_factor),
-    }
-    return judge("transformers rope table", measured, ROPE_BOUNDS)
+def rope_table_check(tables: dict[str, Any], spec: rope.RopeSpec, layer_specs: dict[str, rope.RopeSpec] | None = None) -> Check:
+    """transformers' rotary tables equal the plan: one table, or one per layer type (Gemma 3)."""
+    name = "transformers rope table" + (" per layer type" if layer_specs else "")
+    if not tables:
+        return Check(name, "failed", reason="no rotary embedding module found in the loaded model")
+    wanted = layer_specs or {lt: spec for lt in tables}
+    measured: dict[str, Any] = {"pairs_match": True, "inv_freq_max_rel_diff": 0.0, "attention_factor_diff": 0.0}
+    worst = ""
+    for lt, table in tables.items():
+        want = rope.compute(wanted.get(lt, spec), precision="float32")
+        got = table["inv_freq"]
+        pairs = len(got) == len(want.inv_freq)
+        diff = max((abs(a - b) / b for a, b in zip(got, want.inv_freq, strict=False)), default=0.0) if pairs else float("inf")
+        factor_diff = abs(table["attention_scaling"] - want.attention_factor)
+        if lt:
+            measured[f"{lt}_inv_freq_max_rel_diff"], measured[f"{lt}_attention_factor_diff"] = diff, factor_diff
+        if (diff > 1e-6 or factor_diff > 1e-6 or not pairs) and not worst:
+            worst = lt
+        measured["pairs_match"] &= pairs
+        measured["inv_freq_max_rel_diff"] = max(measured["inv_freq_max_rel_diff"], diff)
+        measured["attention_factor_diff"] = max(measured["attention_factor_diff"], factor_diff)
+        measured["attention_factor"] = table["attention_scaling"]
+    check = judge(name, measured, ROPE_BOUNDS)
+    if check.passed or not worst:
+        return check
+    plan = layer_specs[worst] if layer_specs else spec
+    return Check(name, "failed", measured, ROPE_BOUNDS, f"the {worst} layers get another rope than the plan's ({plan.method}, theta {plan.base:g}): the scaling sits on the wrong layer type")
 
 
 def region_checks(ref: np.ndarray, got: np.ndarray, probe: Probe, original: int, engine: str, bounds: tuple[Bound, ...]) -> list[Check]:
@@ -160,14 +178,16 @@ def verify_model(
             s.base_block = hf_subject(base_path).view.rope if not (path / "yarnconv.json").is_file() else s.base_block
     probe = make_probe(s, tokens, seed, text, seeded)
     alone = (probe.near,) if s.kind == "gguf" and probe.near < len(probe.tokens) else ()
-    reference = ReferenceModel(s.reference)
-    planned = reference.logits(probe.tokens, probe.positions, spec=s.spec(), alone=alone).double().numpy()
-    plain_block = rope_plain(s)
-    plain = reference.logits(probe.tokens, probe.positions, spec=s.spec(plain_block), alone=alone).double().numpy()
-    checks = engine_checks(s, probe, planned, plain, reference)
-    near = probe.near
-    base_near = plain[:near] if s.base_block == plain_block else reference.logits(probe.tokens[:near], spec=s.spec(s.base_block)).double().numpy()
-    next_tokens = np.array([*probe.tokens[1:near], -1])
+    near, plain_block = probe.near, rope_plain(s)
+    if s.kind == "hf" and s.view.model_type not in FAMILIES:  # transformers' own tables only (Gemma 3 and others)
+        checks, drifted = engine_checks(s, probe, None, None, None), {"skipped": f"the reference forward does not run {s.view.model_type}"}
+    else:
+        reference = ReferenceModel(s.reference)
+        planned = reference.logits(probe.tokens, probe.positions, spec=s.spec(), alone=alone).double().numpy()
+        plain = reference.logits(probe.tokens, probe.positions, spec=s.spec(plain_block), alone=alone).double().numpy()
+        checks = engine_checks(s, probe, planned, plain, reference)
+        base_near = plain[:near] if s.base_block == plain_block else reference.logits(probe.tokens[:near], spec=s.spec(s.base_block)).double().numpy()
+        drifted = drift(base_near, planned[:near], np.array([*probe.tokens[1:near], -1]), seed=seed)
     report = {
         "model": str(path),
         "kind": s.kind,
@@ -176,7 +196,7 @@ def verify_model(
         "reference": {"weights": str(s.reference), "weight_type": s.weight_type},
         "probe": probe.summary(),
         "checks": [c.to_dict() for c in checks],
-        "drift": {"base_rope": s.base_block.to_dict(), **drift(base_near, planned[:near], next_tokens, seed=seed)},
+        "drift": {"base_rope": s.base_block.to_dict(), **drifted},
     }
     if passkey is not None:
         passkey = passkey or [s.original, s.max_position]
@@ -225,14 +245,19 @@ def rope_plain(s: Subject) -> Any:
     return RopeBlock(theta=s.block.theta, partial_rotary_factor=s.block.partial_rotary_factor)
 
 
-def engine_checks(s: Subject, probe: Probe, planned: np.ndarray, plain: np.ndarray, reference: Any) -> list[Check]:
+def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: np.ndarray | None, reference: Any) -> list[Check]:
     if s.kind == "hf":
         try:
             got, table = transformers_logits(s.path, probe.tokens, probe.positions)
         except ImportError:
             return [skipped("transformers", "transformers is not installed (pip install transformers)")]
+        layer_specs = {lt: s.spec(b) for lt, b in s.layer_blocks.items()} if len(table) > 1 or "" not in table else None
+        tables = rope_table_check(table, s.spec(), layer_specs)
+        if planned is None or plain is None:
+            why = f"the reference forward runs {', '.join(sorted(FAMILIES))}, not {s.view.model_type}: rope tables only"
+            return [tables, skipped("transformers logits", why, LOGIT_BOUNDS), skipped("transformers applies the planned scaling", why)]
         return [
-            rope_table_check(table, s.spec()),
+            tables,
             *region_checks(planned, got, probe, s.original, "transformers", LOGIT_BOUNDS),
             noop_check(planned, plain, got, probe.positions, s.original, "transformers"),
         ]

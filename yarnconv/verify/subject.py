@@ -29,6 +29,7 @@ class Subject:
     intent: str
     reference: Path  # where the reference reads weights: an HF directory or the GGUF itself
     weight_type: str = "F32"  # the GGUF's dominant matrix type (tolerances)
+    layer_blocks: dict[str, RopeBlock] = field(default_factory=dict)  # the plan per layer type (Gemma 3)
     gguf: dict[str, Any] = field(default_factory=dict)  # header facts for the GGUF checks
 
     @property
@@ -70,6 +71,14 @@ def intended_rope(root: Path, view: ConfigView) -> tuple[RopeBlock, str]:
     return view.rope, f"{CONFIG} (no {RECORD}: the config's own rope, as yarnconv reads it)"
 
 
+def intended_layer_ropes(root: Path, view: ConfigView) -> dict[str, RopeBlock]:
+    """The plan per layer type: extend's record, else the config's own (empty: one rope for all)."""
+    recorded = _record(root).get("layer_ropes_after")
+    if isinstance(recorded, dict):
+        return {lt: b for lt, data in recorded.items() if (b := _block(data, "layer_ropes_after")) is not None}
+    return dict(view.layer_ropes)
+
+
 def base_rope(root: Path, block: RopeBlock) -> RopeBlock:
     before = _block(_record(root).get("rope_before"), "rope_before")
     return before if before is not None else RopeBlock(theta=block.theta, partial_rotary_factor=block.partial_rotary_factor)
@@ -80,7 +89,7 @@ def hf_subject(root: Path) -> Subject:
         raise YarnconvError(f"no {CONFIG} in {root}", "verify an HF checkpoint directory or a .gguf file")
     view = read_config(read_json(root / CONFIG, CONFIG))
     block, intent = intended_rope(root, view)
-    return Subject(root, "hf", view, block, base_rope(root, block), intent, root)
+    return Subject(root, "hf", view, block, base_rope(root, block), intent, root, layer_blocks=intended_layer_ropes(root, view))
 
 
 def gguf_subject(path: Path, base: Path | None) -> Subject:
