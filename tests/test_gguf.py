@@ -673,7 +673,8 @@ def test_demo_end_to_end(tmp_path: Path, smollm2_dir: Path) -> None:
     result = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "demo"), "--json"])
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["ok"] and [c["status"] for c in data["checks"]] == ["passed", "passed"]
+    assert data["ok"] and len(data["checks"]) >= 10 and {c["status"] for c in data["checks"]} == {"passed"}
+    assert data["verify"]["hf"]["ok"] and data["verify"]["gguf"]["ok"] and (tmp_path / "demo.gguf.verify.json").is_file()
     gguf_path = tmp_path / "demo.gguf"
     assert read_header(gguf_path).get("llama.context_length") == 32768
     tokens = [1, *np.random.default_rng(0).integers(100, 20000, 127).tolist()]  # the demo's probe: BOS + 127 fixed ids

@@ -44,6 +44,9 @@ def demo(as_json: bool, **settings: Any) -> None:
             )
         else:
             click.echo(f"NOT VERIFIED: the llama.cpp check did not run: {llama['skipped']}")
+        for kind, v in r["verify"].items():
+            engine = "transformers" if kind == "hf" else "llama.cpp"
+            click.echo(f"verify in {engine} against the reference forward (probes to position 32767): {'OK' if v['ok'] else 'FAILED'}, {v['checks']} checks ({v['saved']})")
         for c in result.details["checks"]:
             if c.status == "failed":
                 click.echo(f"MISMATCH: {c.name}: {c.reason}")

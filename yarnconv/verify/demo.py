@@ -2,13 +2,15 @@
 
 The built-in SmolLM2-135M (8k) is extended with YaRN, inspected, read back by transformers
 (its rotary buffers must equal yarnconv's bit for bit), exported to GGUF, and run through
-llama.cpp, whose logits must match transformers' on the same tokens. The demo passes only
-when both checks pass; a check that could not run is not a pass.
+llama.cpp, whose logits must match transformers' on the same tokens; then ``verify`` runs on both
+outputs (transformers and llama.cpp against the reference forward, at distances up to 32k). The
+demo passes only when every check passes; a check that could not run is not a pass.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from yarnconv.verify.check import Check
@@ -36,7 +38,17 @@ def run_demo(output: str | os.PathLike[str] = "demo-out", scale: float = 4.0, *,
     gguf_path = f"{out.rstrip(os.sep)}.gguf"
     gguf = export_gguf(out, gguf_path, outtype="f32", force=True, progress=progress)
     logits = gguf_check(out, gguf_path)
+    from yarnconv.verify.run import REPORT, save_report, verify_model
+
     checks = [rotary, logits]
+    verified = {}
+    for kind, target, base in (("hf", out, None), ("gguf", gguf_path, out)):
+        if kind == "gguf" and logits.status == "skipped":
+            continue  # no llama-cpp-python: the logits check above already says so
+        report, found = verify_model(target, base=base)
+        where = os.path.join(out, REPORT) if kind == "hf" else f"{gguf_path}.verify.json"
+        verified[kind] = {"ok": report["ok"], "saved": str(save_report(Path(where), report)), "checks": len(found)}
+        checks += [c for c in found if c.status in ("passed", "failed")]
     llama: dict[str, Any] = logits.measured if logits.status != "skipped" else {"skipped": logits.reason}
     data = {
         "extend": record,
@@ -44,6 +56,7 @@ def run_demo(output: str | os.PathLike[str] = "demo-out", scale: float = 4.0, *,
         "transformers_check": rotary.measured,
         "gguf": gguf,
         "llama_cpp_check": llama,
+        "verify": verified,
         "checks": [c.to_dict() for c in checks],
         "ok": demo_ok(checks),
     }
