@@ -107,8 +107,8 @@ def gguf_subject(path: Path, base: Path | None) -> Subject:
     weight_type = max(sizes, key=lambda k: sizes[k]) if sizes else "F32"
     if base is not None:
         hf = hf_subject(base)
-        return Subject(path, "gguf", hf.view, hf.block, hf.base_block, f"--base {base}: {hf.intent}", base, weight_type, facts)
+        return Subject(path, "gguf", hf.view, hf.block, hf.base_block, f"--base {base}: {hf.intent}", base, weight_type=weight_type, gguf=facts)
     view = read_config(config)
     block = keys.block()
     plain = RopeBlock(theta=block.theta)
-    return Subject(path, "gguf", view, block, plain, "the file's own rope keys, as llama.cpp reads them", path, weight_type, facts)
+    return Subject(path, "gguf", view, block, plain, "the file's own rope keys, as llama.cpp reads them", path, weight_type=weight_type, gguf=facts)
