@@ -187,3 +187,18 @@ def test_gemma3_rope_tables_are_checked_per_layer_type(gemma3: Path, tmp_path: P
 
 def _failed_checks(report: dict) -> dict[str, dict]:
     return {c["name"]: c for c in report["checks"] if c["status"] == "failed"}
+
+
+def test_half_precision_load_keeps_the_rope_gates(extended_llama: Path, tmp_path: Path) -> None:
+    """--dtype bfloat16 (what auto picks when float32 does not fit in memory, e.g. a 7B on 24 GB):
+    tables and the no-op detector still gate; beyond the original length logits are reported."""
+    result = CliRunner().invoke(main, ["verify", str(extended_llama), "--dtype", "bfloat16", "--json"])
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0 and report["transformers_dtype"] == "bfloat16", report
+    assert [c["status"] for c in report["checks"]] == ["passed", "passed", "info", "passed"]
+    broken = _broken(extended_llama, tmp_path, lambda c: c.pop("rope_scaling"))
+    result = CliRunner().invoke(main, ["verify", str(broken), "--dtype", "bfloat16", "--json"])
+    failed = _failed_checks(json.loads(result.stdout))
+    assert result.exit_code == 1 and "ignores the rope block" in failed["transformers applies the planned scaling"]["reason"], failed
+    auto = json.loads(CliRunner().invoke(main, ["verify", str(extended_llama), "--json"]).stdout)
+    assert auto["transformers_dtype"] == "float32"  # a tiny model always fits

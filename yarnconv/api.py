@@ -124,6 +124,11 @@ class VerifyJob:
     lengths: str | None = option(help="Passkey prompt lengths, e.g. 8k,16k,32k (default: the original and the new context).")
     passkey_trials: int = option(2, "Passkey trials per length and depth (5 depths).", kind=int)
     passkey_min: float | None = option(help="Fail unless the extended model's passkey accuracy reaches this at every length (0-1).", kind=float)
+    dtype: str | None = option(
+        help="transformers' load dtype; auto: float32 when the model fits in 60% of free memory, else the checkpoint's half precision (looser bounds).",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        shown="auto",
+    )
     report: str | None = option(help="Also write the report to this JSON file.", kind=os.PathLike)
 
 
@@ -300,7 +305,7 @@ def verify(model: str | os.PathLike[str], job: VerifyJob = VerifyJob(), *, progr
 
     lengths = parse_lengths(job.lengths) if job.lengths else [] if job.passkey else None
     report, checks = verify_model(
-        root, base=job.base, tokens=job.tokens, seed=job.seed, text=job.text, seeded=job.seeded, passkey=lengths, passkey_trials=job.passkey_trials, passkey_min=job.passkey_min, progress=progress
+        root, base=job.base, tokens=job.tokens, seed=job.seed, text=job.text, seeded=job.seeded, passkey=lengths, passkey_trials=job.passkey_trials, passkey_min=job.passkey_min, dtype=job.dtype or "auto", progress=progress
     )
     beside = root / REPORT if root.is_dir() else root.with_name(root.name + ".verify.json")
     report["saved"] = str(save_report(beside, report))

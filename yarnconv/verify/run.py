@@ -38,16 +38,42 @@ ROPE_BOUNDS = (Bound("inv_freq_max_rel_diff", "<=", 1e-6), Bound("attention_fact
 # transformers' default (SDPA) attention rounds differently from the plain formula: up to ~2e-3
 # in a logit on SmolLM2 at 32k, a KL far below these bounds; a wrong rope moves KL by orders more.
 LOGIT_BOUNDS = (Bound("kl_max", "<=", 1e-4), Bound("top1_agreement", ">=", 0.99))
+# transformers loaded in bfloat16 / float16 (models too large for float32): activations round to 8 or 11 bits.
+HALF_BOUNDS = (Bound("kl_mean", "<=", 5e-3), Bound("kl_max", "<=", 5e-2), Bound("top1_agreement", ">=", 0.9))
 
 
-def transformers_logits(root: Path, tokens: list[int], positions: list[int]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Logits from transformers, loading the checkpoint the way a user does (float32), and its rotary tables."""
+def _available_memory() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def engine_dtype(s: Subject, requested: str) -> str:
+    """transformers' load dtype: float32 when the model fits in float32 in 60% of the free memory
+    (a 135M or 1B model), else the checkpoint's own half precision (a 7B on a 24 GB machine)."""
+    if requested != "auto":
+        return requested
+    from yarnconv.storage.weights import scan_weights
+
+    fp32 = sum(t.numel for t in scan_weights(s.path).tensors.values()) * 4
+    if fp32 <= 0.6 * _available_memory():
+        return "float32"
+    own = str(s.view.resolved.get("torch_dtype") or s.view.resolved.get("dtype") or "bfloat16")
+    return own if own in ("bfloat16", "float16") else "bfloat16"
+
+
+def transformers_logits(root: Path, tokens: list[int], positions: list[int], dtype: str = "float32") -> tuple[np.ndarray, dict[str, Any]]:
+    """Logits from transformers, loading the checkpoint the way a user does, and its rotary tables."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
 
     logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(root, dtype=getattr(torch, dtype))
     rotary = next((m for m in model.modules() if hasattr(m, "inv_freq") or hasattr(m, "layer_types") and hasattr(m, "rope_type")), None)
     table: dict[str, Any] = {}
     if rotary is not None and hasattr(rotary, "layer_types") and not hasattr(rotary, "inv_freq"):  # v5 Gemma 3: one table per layer type
@@ -88,7 +114,13 @@ def rope_table_check(tables: dict[str, Any], spec: rope.RopeSpec, layer_specs: d
     return Check(name, "failed", measured, ROPE_BOUNDS, f"the {worst} layers get another rope than the plan's ({plan.method}, theta {plan.base:g}): the scaling sits on the wrong layer type")
 
 
-def region_checks(ref: np.ndarray, got: np.ndarray, probe: Probe, original: int, engine: str, bounds: tuple[Bound, ...]) -> list[Check]:
+HALF_BEYOND = (
+    "reported, not gated: in half precision long distances move logits by themselves "
+    "(SmolLM2 x4 at 32k: KL mean 0.43 between transformers in bfloat16 and in float32); the rope is judged by the tables and the no-op detector"
+)
+
+
+def region_checks(ref: np.ndarray, got: np.ndarray, probe: Probe, original: int, engine: str, bounds: tuple[Bound, ...], *, half: bool = False) -> list[Check]:
     out = []
     next_tokens = np.array([*probe.tokens[1:], -1])
     next_tokens[probe.near - 1] = -1  # the near half's last token is not followed by its text
@@ -98,11 +130,12 @@ def region_checks(ref: np.ndarray, got: np.ndarray, probe: Probe, original: int,
         if not mask.any():
             out.append(skipped(label, f"the probe has no position {name} the original length", bounds))
             continue
-        out.append(judge(label, region_stats(ref[mask], got[mask], next_tokens[mask]), bounds))
+        measured = region_stats(ref[mask], got[mask], next_tokens[mask])
+        out.append(Check(label, "info", measured, reason=HALF_BEYOND) if half and name == "beyond" else judge(label, measured, bounds))
     return out
 
 
-def noop_check(plan: np.ndarray, plain: np.ndarray, got: np.ndarray, positions: list[int], original: int, engine: str) -> Check:
+def noop_check(plan: np.ndarray, plain: np.ndarray, got: np.ndarray, positions: list[int], original: int, engine: str, margin: float = 10.0) -> Check:
     """Beyond the original length the engine must follow the plan, not plain RoPE on the same weights."""
     label = f"{engine} applies the planned scaling"
     beyond = np.array(positions) >= original
@@ -116,7 +149,7 @@ def noop_check(plan: np.ndarray, plain: np.ndarray, got: np.ndarray, positions: 
         return Check(label, "skipped", measured, reason="the plan computes what plain RoPE computes here (no scaling to detect)")
     if to_plain <= to_plan:
         return Check(label, "failed", measured, reason=f"{engine} computes plain RoPE beyond the original length: it ignores the rope block")
-    if to_plan * 10 > to_plain:
+    if to_plan * margin > to_plain:
         return Check(label, "failed", measured, reason=f"{engine} is neither the plan nor plain RoPE: it reads the rope block differently")
     return Check(label, "passed", measured)
 
@@ -155,6 +188,7 @@ def verify_model(
     passkey: list[int] | None = None,
     passkey_trials: int = 2,
     passkey_min: float | None = None,
+    dtype: str = "auto",
     progress: bool = False,
 ) -> tuple[dict[str, Any], list[Check]]:
     """Run the checks on an HF checkpoint directory or a GGUF file; returns the report and the checks."""
@@ -179,6 +213,7 @@ def verify_model(
     probe = make_probe(s, tokens, seed, text, seeded)
     alone = (probe.near,) if s.kind == "gguf" and probe.near < len(probe.tokens) else ()
     near, plain_block = probe.near, rope_plain(s)
+    s.engine_dtype = engine_dtype(s, dtype) if s.kind == "hf" else "float32"
     if s.kind == "hf" and s.view.model_type not in FAMILIES:  # transformers' own tables only (Gemma 3 and others)
         checks, drifted = engine_checks(s, probe, None, None, None), {"skipped": f"the reference forward does not run {s.view.model_type}"}
     else:
@@ -194,6 +229,7 @@ def verify_model(
         "engine": "llama.cpp" if s.kind == "gguf" else "transformers",
         "plan": {"rope": s.block.to_dict(), "from": s.intent, "max_position_embeddings": s.max_position, "original_context": s.original},
         "reference": {"weights": str(s.reference), "weight_type": s.weight_type},
+        **({"transformers_dtype": s.engine_dtype} if s.kind == "hf" else {}),
         "probe": probe.summary(),
         "checks": [c.to_dict() for c in checks],
         "drift": {"base_rope": s.base_block.to_dict(), **drifted},
@@ -248,18 +284,19 @@ def rope_plain(s: Subject) -> Any:
 def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: np.ndarray | None, reference: Any) -> list[Check]:
     if s.kind == "hf":
         try:
-            got, table = transformers_logits(s.path, probe.tokens, probe.positions)
+            got, table = transformers_logits(s.path, probe.tokens, probe.positions, s.engine_dtype)
         except ImportError:
             return [skipped("transformers", "transformers is not installed (pip install transformers)")]
         layer_specs = {lt: s.spec(b) for lt, b in s.layer_blocks.items()} if len(table) > 1 or "" not in table else None
         tables = rope_table_check(table, s.spec(), layer_specs)
+        half = s.engine_dtype != "float32"
         if planned is None or plain is None:
             why = f"the reference forward runs {', '.join(sorted(FAMILIES))}, not {s.view.model_type}: rope tables only"
             return [tables, skipped("transformers logits", why, LOGIT_BOUNDS), skipped("transformers applies the planned scaling", why)]
         return [
             tables,
-            *region_checks(planned, got, probe, s.original, "transformers", LOGIT_BOUNDS),
-            noop_check(planned, plain, got, probe.positions, s.original, "transformers"),
+            *region_checks(planned, got, probe, s.original, "transformers", HALF_BOUNDS if half else LOGIT_BOUNDS, half=half),
+            noop_check(planned, plain, got, probe.positions, s.original, "transformers", margin=5.0 if half else 10.0),
         ]
     from yarnconv.verify import gguf_checks, llama_cpp
 

@@ -31,6 +31,7 @@ class Subject:
     weight_type: str = "F32"  # the GGUF's dominant matrix type (tolerances)
     layer_blocks: dict[str, RopeBlock] = field(default_factory=dict)  # the plan per layer type (Gemma 3)
     gguf: dict[str, Any] = field(default_factory=dict)  # header facts for the GGUF checks
+    engine_dtype: str = "float32"  # transformers' load dtype
 
     @property
     def dim(self) -> int:
