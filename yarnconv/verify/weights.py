@@ -185,7 +185,10 @@ def gguf_source(path: Path) -> tuple[dict[str, Any], GGUFWeights, GGUFHeader]:
     if not (isinstance(heads, int) and isinstance(layers, int) and isinstance(hidden, int)):
         raise YarnconvError(f"{path.name} lacks {arch}.attention.head_count, block_count or embedding_length", "re-convert it with llama.cpp's converter or yarnconv export")
     head_dim = get("attention.key_length") or hidden // heads
-    config = pseudo_config(read_rope(h.get, arch, names), layers, head_dim)
+    keys = read_rope(h.get, arch, names)
+    config = pseudo_config(keys, layers, head_dim)
+    if keys.dim and keys.dim != head_dim:  # rope.dimension_count: the rotated channels of each head
+        config["partial_rotary_factor"] = keys.dim / head_dim
     embd = next((t for hh in headers for t in hh.tensors if t.name == "token_embd.weight"), None)
     config.update(
         model_type=GGUF_FAMILIES[arch],
