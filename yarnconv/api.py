@@ -36,7 +36,11 @@ GGUF_SETTINGS = ["outtype", "gguf_rope", "pre_tokenizer", "split_max_size"]
 class GGUFOptions:
     """How an HF checkpoint becomes GGUF (``export --gguf`` and ``extend --gguf``)."""
 
-    outtype: str | None = option(help="GGUF tensor type; auto is bf16 for bf16 weights, else f16.", choices=OUTTYPES, shown="auto")
+    outtype: str | None = option(
+        help="GGUF type, or several comma-separated (one file each, -o DIR): auto (bf16 for bf16 weights, else f16), f32, f16, bf16, q8_0, "
+        "or llama.cpp's quant ladder q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s/m/l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, iq4_nl, iq4_xs (needs llama-cpp-python).",
+        shown="auto",
+    )
     gguf_rope: str | None = option(
         help="keys: llama.cpp's YaRN keys; freqs: an exact rope_freqs.weight tensor (llama family); auto: keys unless they lose settings.",
         choices=ROPE_ROUTES,
@@ -255,7 +259,12 @@ def export(model: str | os.PathLike[str], job: ExportJob, *, progress: bool = Tr
         progress=progress,
     )
     base = model if os.path.isdir(model) else None
-    return _verified(Result("export", "gguf", {**record, "dry_run": job.dry_run}), record.get("output"), base, job.verify)
+    result = Result("export", "gguf", {**record, "dry_run": job.dry_run})
+    for v in record.get("variants") or [{"output": record.get("output")}]:
+        result = _verified(result, v["output"], base, job.verify)
+        if "verify" in result.record:
+            v["verify"] = {k: result.record["verify"][k] for k in ("ok", "saved")}
+    return result
 
 
 def inspect(model: str | os.PathLike[str], job: InspectJob = InspectJob()) -> Result:

@@ -70,5 +70,11 @@ def print_export(r: dict[str, Any]) -> None:
         click.echo(f"  {k} = {val}")
     for w in r["warnings"]:
         click.echo(f"  WARNING: {w}", err=True)
+    variants = r.get("variants")
+    if variants:
+        for v in variants:
+            size = f"{fmt_bytes(v['bytes'])}, " if "bytes" in v else ""
+            types = ", ".join(f"{n} {t}" for t, n in sorted(v.get("tensor_types", {}).items()))
+            click.echo(f"  {v['outtype'].upper():<7} {v['output']}" + (f" ({size}{types})" if size else ""))
     click.echo(("would write " if r.get("dry_run") else "wrote ") + ", ".join(r["outputs"]))
     print_verified(r)

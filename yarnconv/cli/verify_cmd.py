@@ -41,7 +41,7 @@ def _print(r: dict[str, Any]) -> None:
     plan = r["plan"]
     p = r["probe"]
     click.echo(f"{r['model']} in {r['engine']}: plan from {plan['from']}")
-    click.echo(f"  reference weights {r['reference']['weights']} ({r['reference']['weight_type']})")
+    click.echo(f"  reference weights {r['reference']['weights']}" + (f"; the file's main type {r['reference']['weight_type']}" if r['kind'] == 'gguf' else ''))
     click.echo(f"  probe {p['tokens']} tokens of {p['source']} at positions {p['positions'][0]}..{p['positions'][1]} and {p['positions'][2]}..{p['positions'][3]}")
     for c in r["checks"]:
         numbers = ", ".join(f"{k} {c['measured'][k]:.3g}" for k in SHOWN if isinstance(c["measured"].get(k), (int, float)))

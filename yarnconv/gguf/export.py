@@ -12,12 +12,14 @@ RSS) after a chunk is written.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter, QuantError, quant_shape_to_byte_shape, quants
 
 from yarnconv import __version__
+from yarnconv.errors import UsageError, YarnconvError
 from yarnconv.gguf.export_plan import _ST_DTYPES, ExportPlan, OutTensor, Q, plan_export
 from yarnconv.gguf.file import PAD_KEY, RESERVE, read_header
 from yarnconv.gguf.keys import check_written_keys
@@ -134,29 +136,93 @@ def export_gguf(
     dry_run: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Convert the HF checkpoint at ``source`` to GGUF. ``config`` replaces config.json (extend --gguf)."""
+    """Convert the HF checkpoint at ``source`` to GGUF, one file (or split set) per type in
+    ``outtype`` (``q4_k_m,q5_k_m,q8_0``); quant-ladder types are made by llama.cpp's quantizer from
+    one f16/bf16/f32 file written once. ``config`` replaces config.json (extend --gguf)."""
+    from yarnconv.gguf.quantize import DIRECT, LADDER, parse_outtypes, require_quantizer
     from yarnconv.storage.sources import resolve
 
     root = resolve(source).path
     raw = config if config is not None else read_json(root / CONFIG, CONFIG)
-    plan = plan_export(root, raw, outtype, route=route, name=name, pre_tokenizer=pre_tokenizer, split_max_size=split_max_size, output=output)
-    record: dict[str, Any] = {"source": str(root), **plan.summary()}
-    check_new_files(plan.outputs, force=force)
+    types = parse_outtypes(outtype)
+    ladder = [t for t in types if t in LADDER]
+    several = len(types) > 1
+    if several and os.fspath(output).endswith(".gguf"):
+        raise UsageError(f"--outtype {outtype} makes {len(types)} files, and -o {output} names one", "pass a directory: -o gguf/")
+    if ladder:
+        require_quantizer()
+        if split_max_size:
+            raise YarnconvError("--split-max-size does not apply to quantized types yet", "split the quantized file with llama-gguf-split")
+    floats = [t for t in types if t in ("auto", "f32", "f16", "bf16")]
+    base_type = floats[0] if floats else "auto"
+    out_dir = output if not several or os.fspath(output).endswith(os.sep) else os.path.join(os.fspath(output), "")
+    # the file yarnconv writes itself for the ladder: a requested float output, else a scratch one
+    plans = {t: plan_export(root, raw, t, route=route, name=name, pre_tokenizer=pre_tokenizer, split_max_size=split_max_size, output=out_dir) for t in types if t in DIRECT or t == "auto"}
+    base = plans.get(base_type) or plan_export(root, raw, base_type, route=route, name=name, pre_tokenizer=pre_tokenizer, output=None)
+    quantized = {t: _ladder_path(root, out_dir, base, t) for t in ladder}
+    outputs = [p for plan in plans.values() for p in plan.outputs] + list(quantized.values())
+    first = plans.get(types[0], base)
+    record: dict[str, Any] = {"source": str(root), **first.summary(), "outputs": [str(p) for p in outputs], "output": str(outputs[0])}
+    if several or ladder:
+        record["variants"] = [{"outtype": t, "output": str(plans[t].outputs[0] if t in plans else quantized[t])} for t in types]
+    check_new_files(outputs, force=force)
     if dry_run:
         return record
-    with atomic_files(plan.outputs, "export") as scratch:
-        require_space(scratch, sum(t.nbytes for t in plan.tensors) + 2 * RESERVE, "the GGUF file")
-        with progress_bar(sum(t.src.nbytes for t in plan.tensors if t.src), progress, "export") as bar:
-            w = writer_for(plan, bar)
-            base = scratch / plan.output_base.name
-            if [p.name for p in w.format_shard_names(base)] != [p.name for p in plan.outputs]:
-                raise AssertionError("yarnconv bug: gguf-py would split the file differently from the plan")
-            w.write_header_to_file(base)
-            w.write_kv_data_to_file()
-            w.write_tensors_to_file()
-            w.close()
-        for p in plan.outputs:
-            read_header(scratch / p.name)  # re-read what was written before it gets its final name
-        check_written_keys(read_header(scratch / plan.outputs[0].name), plan.keys)
+    with atomic_files(outputs, "export") as scratch:
+        need = sum(sum(t.nbytes for t in plan.tensors) for plan in plans.values()) + (0 if base_type in plans else sum(t.nbytes for t in base.tensors))
+        require_space(scratch, need + sum(t.nbytes for t in base.tensors) // 2 * len(ladder) + 2 * RESERVE, "the GGUF files")
+        for plan in plans.values():
+            _write(plan, scratch / plan.output_base.name, progress)
+        if ladder:
+            intermediate = scratch / (base.outputs[0].name if base_type in plans else f".intermediate-{base.outtype.name}.gguf")
+            if base_type not in plans:
+                _write(base, intermediate, progress)
+            from yarnconv.gguf.quantize import quantize
+
+            with progress_bar(len(ladder), progress, "quantize", unit="file") as bar:
+                for t, path in quantized.items():
+                    quantize(intermediate, scratch / path.name, t)
+                    check_written_keys(read_header(scratch / path.name), base.keys)
+                    bar.update(1)
+    for v in record.get("variants", []):
+        v.update(_described(Path(v["output"])))
+    if types[0] in quantized:  # the record describes the first file, as llama.cpp's quantizer wrote it
+        record.update(outtype=types[0].upper(), **_described(quantized[types[0]]))
     return record
 
+
+def _described(path: Path) -> dict[str, Any]:
+    h = read_header(path)
+    types: dict[str, int] = {}
+    for t in h.tensors:
+        types[t.type_name] = types.get(t.type_name, 0) + 1
+    return {"tensor_types": types, "bytes": sum(t.nbytes for t in h.tensors)}
+
+
+def _ladder_path(root: Path, output: str | os.PathLike[str], plan: ExportPlan, outtype: str) -> Path:
+    from yarnconv.gguf.export_plan import default_filename
+    from yarnconv.storage.atomic import check_writable_parent
+
+    out = Path(output)
+    if out.suffix != ".gguf" or out.is_dir():
+        out = out / default_filename(plan, outtype.upper())
+    if root.resolve() in out.absolute().resolve().parents:
+        raise YarnconvError(f"the output {out} would be written into the input checkpoint {root}", "choose an -o outside the model directory")
+    check_writable_parent(out)
+    return out
+
+
+def _write(plan: ExportPlan, base: Path, progress: bool) -> None:
+    """One planned GGUF (or split set) written under ``base``'s name, then read back."""
+    with progress_bar(sum(t.src.nbytes for t in plan.tensors if t.src), progress, "export") as bar:
+        w = writer_for(plan, bar)
+        if [p.name for p in w.format_shard_names(base)] != [p.name for p in plan.outputs] and plan.outputs:
+            raise AssertionError("yarnconv bug: gguf-py would split the file differently from the plan")
+        w.write_header_to_file(base)
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    names = [p.name for p in plan.outputs] or [base.name]
+    for n in names:
+        read_header(base.parent / n)  # re-read what was written before it gets its final name
+    check_written_keys(read_header(base.parent / names[0]), plan.keys)

@@ -288,10 +288,10 @@ def name_parts(plan: ExportPlan) -> dict[str, str | None]:
     return {"basename": basename, "finetune": finetune, "version": version, "size_label": size or plan.size_label}
 
 
-def default_filename(plan: ExportPlan) -> str:
+def default_filename(plan: ExportPlan, encoding: str | None = None) -> str:
     """llama.cpp's naming convention: <BaseName>-<SizeLabel>[-<FineTune>][-<Version>]-<Encoding>.gguf."""
     p = name_parts(plan)
-    return naming_convention(plan.name, p["basename"], p["finetune"], p["version"], p["size_label"], plan.outtype.name) + ".gguf"
+    return naming_convention(plan.name, p["basename"], p["finetune"], p["version"], p["size_label"], encoding or plan.outtype.name) + ".gguf"
 
 
 def _model_name(root: Path) -> str:
