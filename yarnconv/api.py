@@ -51,15 +51,22 @@ class GGUFOptions:
 
     def split_bytes(self) -> int:
         """``split_max_size`` in bytes (0: one file)."""
-        text = self.split_max_size
-        if not text:
-            return 0
-        units = {"K": 1000, "M": 1000**2, "G": 1000**3}
-        t = text.strip().upper()
-        try:
-            return int(float(t[:-1]) * units[t[-1]]) if t[-1] in units else int(t)
-        except (ValueError, IndexError):
-            raise YarnconvError(f"--split-max-size {text!r} is not a size", "write it like 2G, 500M or 1000000") from None
+        return parse_size(self.split_max_size, "--split-max-size")
+
+
+def parse_size(text: str | None, flag: str) -> int:
+    """``2G``, ``2GB``, ``500M`` or a byte count (decimal units, as transformers and llama.cpp use); 0 when not given."""
+    if not text:
+        return 0
+    units = {"K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+    t = text.strip().upper().removesuffix("B")
+    try:
+        value = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, IndexError):
+        raise YarnconvError(f"{flag} {text!r} is not a size", "write it like 2GB, 500MB or 1000000") from None
+    if value <= 0:
+        raise YarnconvError(f"{flag} {text!r} is not a positive size", "write it like 2GB, 500MB or 1000000")
+    return value
 
 
 @dataclass(frozen=True)
@@ -86,12 +93,16 @@ class ExtendJob:
 class ExportJob:
     """Everything ``yarnconv export`` takes besides the model."""
 
-    gguf: bool = option(False, "Write GGUF (the only export format so far).")
+    gguf: bool = option(False, "Write GGUF for llama.cpp.")
+    hf: bool = option(False, "Write an HF checkpoint directory, cast with --dtype and resharded with --max-shard-size.")
+    safetensors: bool = option(False, "Write one .safetensors file holding every tensor, config.json and yarnconv.json in its metadata.")
     output: str | None = option(
         help="Output .gguf file, or a directory for llama.cpp's naming.", short="-o", kind=os.PathLike, required=True
     )
     export: GGUFOptions = group(GGUFOptions)
     name: str | None = option(help="Model name for general.name and the file name (default: the directory or Hub name).")
+    dtype: str | None = option(help="--hf / --safetensors: cast float tensors to this dtype (default: unchanged).", choices=("f32", "f16", "bf16"))
+    max_shard_size: str | None = option(help="--hf: shards of at most this size, e.g. 2GB (default: one file).")
     force: bool = option(False, "Overwrite existing output files.")
     dry_run: bool = option(False, "Show what would be written; write nothing.")
     verify: bool = option(False, "Run verify's checks on the GGUF in llama.cpp right after writing it (MODEL as --base); a failure exits 1 and keeps the output.")
@@ -237,13 +248,18 @@ def _verified(result: Result, target: Any, base: Any, wanted: bool) -> Result:
 
 
 def export(model: str | os.PathLike[str], job: ExportJob, *, progress: bool = True) -> Result:
-    """``yarnconv export``: convert an HF checkpoint to GGUF with the YaRN keys llama.cpp honours."""
-    if not job.gguf:
-        raise UsageError("choose an export format", "pass --gguf")
+    """``yarnconv export``: GGUF with the YaRN keys llama.cpp honours (and its quant ladder), an HF
+    checkpoint cast and resharded, or one safetensors file."""
+    formats = [f for f in ("gguf", "hf", "safetensors") if getattr(job, f)]
+    if len(formats) != 1:
+        raise UsageError("choose one export format" if not formats else f"--{' and --'.join(formats)} are different formats", "pass one of --gguf, --hf, --safetensors")
     if job.output is None:
-        raise UsageError("no output given", "pass -o FILE.gguf or -o DIR")
+        raise UsageError("no output given", "pass -o FILE.gguf, -o DIR or -o FILE.safetensors")
     if job.verify and job.dry_run:
         raise UsageError("--verify does not apply to a dry run (nothing is written to verify)", "drop --verify or --dry-run")
+    if formats[0] != "gguf":
+        return _export_hf(model, job, formats[0], progress)
+    reject(job, ["dtype", "max_shard_size"], "GGUF export (use --outtype)")
     from yarnconv.gguf.export import export_gguf
 
     record = export_gguf(
@@ -265,6 +281,19 @@ def export(model: str | os.PathLike[str], job: ExportJob, *, progress: bool = Tr
         if "verify" in result.record:
             v["verify"] = {k: result.record["verify"][k] for k in ("ok", "saved")}
     return result
+
+
+def _export_hf(model: str | os.PathLike[str], job: ExportJob, fmt: str, progress: bool) -> Result:
+    from yarnconv.hf.variant import export_hf, export_safetensors
+
+    reject(job, [*GGUF_SETTINGS, "name"], f"--{fmt} export")
+    if fmt == "safetensors":
+        reject(job, ["max_shard_size", "verify"], "one safetensors file")
+        record = export_safetensors(model, job.output, dtype=job.dtype, force=job.force, dry_run=job.dry_run, progress=progress)  # type: ignore[arg-type]
+        return Result("export", fmt, record)
+    size = parse_size(job.max_shard_size, "--max-shard-size")
+    record = export_hf(model, job.output, dtype=job.dtype, max_shard_size=size, force=job.force, dry_run=job.dry_run, progress=progress)  # type: ignore[arg-type]
+    return _verified(Result("export", fmt, record), job.output, None, job.verify)
 
 
 def inspect(model: str | os.PathLike[str], job: InspectJob = InspectJob()) -> Result:

@@ -12,7 +12,7 @@ from typing import Any
 
 from yarnconv.errors import YarnconvError
 from yarnconv.storage.atomic import atomic_dir
-from yarnconv.storage.files import write_json
+from yarnconv.storage.files import read_json, write_json
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # a Hub repo id: org/name
 BUILTIN_PREFIX = "builtin:"
@@ -95,7 +95,7 @@ def materialize_builtin(name: str) -> Path:
     """An HF checkpoint (float32 safetensors + tokenizer) dequantised from the shipped GGUF; cached."""
     gguf_path = builtin_gguf(name)
     target = cache_dir() / f"{name}-hf"
-    if (target / "model.safetensors").is_file() and "tokenizer_pre" in (_read_source(target) or {}):
+    if (target / "model.safetensors").is_file() and "tokenizer_pre" in (_read_source(target) or {}) and "quantization_config" not in _read_config(target):
         return target
     try:
         import torch
@@ -111,6 +111,9 @@ def materialize_builtin(name: str) -> Path:
         model.config.architectures = [type(model).__name__]  # GGUF-derived configs lack it
         with atomic_dir(target, force=True) as tmp:
             model.config.save_pretrained(tmp)
+            config = read_json(tmp / "config.json", "config.json")
+            config.pop("quantization_config", None)  # the weights written are plain float32, not GGUF blocks
+            write_json(tmp / "config.json", config)
             tokenizer.save_pretrained(tmp)
             pre = _restore_pre_tokenizer(gguf_path, tmp / "tokenizer.json")
             if model.generation_config is not None:
@@ -130,6 +133,12 @@ def materialize_builtin(name: str) -> Path:
                 },
             )
     return target
+
+
+def _read_config(target: Path) -> dict[str, Any]:
+    path = target / "config.json"
+    data = read_json(path, "config.json") if path.is_file() else {}
+    return data if isinstance(data, dict) else {}
 
 
 def _read_source(target: Path) -> dict[str, Any] | None:

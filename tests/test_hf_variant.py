@@ -1,0 +1,117 @@
+"""HF export variants: a cast and resharded checkpoint directory, and one safetensors file.
+
+Oracles are outside yarnconv: safetensors' own loader, torch's ``.to(dtype)``, and transformers
+loading the result the way a user does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import tiny_config, write_checkpoint
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from yarnconv.cli import main
+
+
+def _state(root: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(root.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+@pytest.fixture(scope="module")
+def extended(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("variant")
+    src = write_checkpoint(root / "src", tiny_config("qwen2", vocab_size=512), shards=2)
+    (src / "tokenizer.json").write_text("{}")  # a small file that must come along
+    assert CliRunner().invoke(main, ["extend", str(src), "--scale", "4", "-o", str(root / "ext"), "-q"]).exit_code == 0
+    return root / "ext"
+
+
+def test_hf_variant_casts_bit_for_bit_and_reshards(extended: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bf16"
+    result = CliRunner().invoke(main, ["export", str(extended), "--hf", "--dtype", "bf16", "--max-shard-size", "100KB", "-o", str(out), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    src, got = _state(extended), _state(out)
+    assert set(src) == set(got)
+    for name, t in src.items():
+        assert got[name].dtype == torch.bfloat16 and torch.equal(got[name].view(torch.int16), t.to(torch.bfloat16).view(torch.int16)), name
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert sorted(index["weight_map"]) == sorted(src) and set(index["weight_map"].values()) == {s["file"] for s in record["shards"]}
+    assert index["metadata"]["total_size"] == sum(t.numel() * 2 for t in src.values())
+    for s in record["shards"]:
+        size = sum(t.numel() * 2 for t in load_file(out / s["file"]).values())
+        assert size == s["bytes"] and (size <= 100_000 or s["tensors"] == 1), s
+    assert len(record["shards"]) > 1
+    cfg, before = json.loads((out / "config.json").read_text()), json.loads((extended / "config.json").read_text())
+    assert cfg["torch_dtype"] == cfg["dtype"] == "bfloat16" and cfg["rope_scaling"] == before["rope_scaling"]
+    assert (out / "tokenizer.json").read_text() == "{}" and (out / "yarnconv.json").is_file()
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert next(model.parameters()).dtype == torch.bfloat16 and model.config.rope_scaling["rope_type"] == "yarn"
+
+
+def test_single_file_safetensors_carries_the_config(extended: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model-yarn.safetensors"
+    result = CliRunner().invoke(main, ["export", str(extended), "--safetensors", "--dtype", "f16", "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    src, got = _state(extended), load_file(out)
+    assert set(src) == set(got) and all(torch.equal(got[k], v.to(torch.float16)) for k, v in src.items())
+    with safe_open(out, "pt") as f:
+        meta = f.metadata()
+    config = json.loads(meta["config"])
+    assert config["rope_scaling"]["rope_type"] == "yarn" and config["dtype"] == "float16" and json.loads(meta["yarnconv"])["factor"] == 4.0
+    placed = tmp_path / "placed"  # transformers loads it once placed in a directory with its config
+    placed.mkdir()
+    shutil.copy(out, placed / "model.safetensors")
+    (placed / "config.json").write_text(meta["config"])
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(placed).config.max_position_embeddings == 4 * 32768
+
+
+def test_integer_tensors_pass_through_and_quantized_checkpoints_are_refused(extended: Path, tmp_path: Path) -> None:
+    model = tmp_path / "with-ints"
+    shutil.copytree(extended, model)
+    shard = model / "model-00001-of-00002.safetensors"
+    save_file({**load_file(shard), "extra.position_ids": torch.arange(8)}, str(shard), metadata={"format": "pt"})
+    index = json.loads((model / "model.safetensors.index.json").read_text())
+    index["weight_map"]["extra.position_ids"] = shard.name
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    result = CliRunner().invoke(main, ["export", str(model), "--safetensors", "--dtype", "bf16", "-o", str(tmp_path / "x.safetensors"), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    assert any("extra.position_ids (I64) is not a float tensor" in n for n in json.loads(result.stdout)["notes"])
+    assert torch.equal(load_file(tmp_path / "x.safetensors")["extra.position_ids"], torch.arange(8))
+    quantized = tmp_path / "gptq"
+    shutil.copytree(extended, quantized)
+    cfg = json.loads((quantized / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (quantized / "config.json").write_text(json.dumps(cfg))
+    result = CliRunner().invoke(main, ["export", str(quantized), "--hf", "--dtype", "f16", "-o", str(tmp_path / "q")])
+    assert result.exit_code == 1 and "quantized checkpoint (gptq)" in result.stderr and not (tmp_path / "q").exists()
+
+
+def test_variant_bad_input_is_one_line(extended: Path, tmp_path: Path) -> None:
+    for args, code, message in (
+        (["--hf", "--gguf"], 2, "different formats"),
+        (["--gguf", "--dtype", "bf16"], 2, "--dtype does not apply to GGUF export"),
+        (["--safetensors", "--max-shard-size", "1GB"], 2, "--max-shard-size does not apply to one safetensors file"),
+        (["--hf", "--max-shard-size", "lots"], 1, "is not a size"),
+        (["--hf", "--outtype", "q8_0"], 2, "--outtype does not apply"),
+    ):
+        out = tmp_path / "out.safetensors" if "--safetensors" in args else tmp_path / "out"
+        result = CliRunner().invoke(main, ["export", str(extended), *args, "-o", str(out)])
+        lines = result.stderr.strip().splitlines()
+        assert result.exit_code == code and len(lines) == 1 and message in lines[0], (args, result.output)
+        assert not out.exists()
+    dry = CliRunner().invoke(main, ["export", str(extended), "--hf", "--dtype", "f16", "-o", str(tmp_path / "dry"), "--dry-run"])
+    assert dry.exit_code == 0 and "would write" in dry.stdout and not (tmp_path / "dry").exists()
