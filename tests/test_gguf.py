@@ -675,6 +675,9 @@ def test_demo_end_to_end(tmp_path: Path, smollm2_dir: Path) -> None:
     data = json.loads(result.stdout)
     assert data["ok"] and len(data["checks"]) >= 10 and {c["status"] for c in data["checks"]} == {"passed"}
     assert data["verify"]["hf"]["ok"] and data["verify"]["gguf"]["ok"] and (tmp_path / "demo.gguf.verify.json").is_file()
+    assert data["inspect"]["path"] == str(tmp_path / "demo") and data["inspect"]["model_type"] == "llama"
+    printed = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "printed")])  # the README's quick start prints, not --json
+    assert printed.exit_code == 0 and "OK: transformers and llama.cpp read the extended model exactly as planned" in printed.stdout, printed.output
     gguf_path = tmp_path / "demo.gguf"
     assert read_header(gguf_path).get("llama.context_length") == 32768
     tokens = [1, *np.random.default_rng(0).integers(100, 20000, 127).tolist()]  # the demo's probe: BOS + 127 fixed ids

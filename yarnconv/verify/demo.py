@@ -45,9 +45,9 @@ def run_demo(output: str | os.PathLike[str] = "demo-out", scale: float = 4.0, *,
     for kind, target, base in (("hf", out, None), ("gguf", gguf_path, out)):
         if kind == "gguf" and logits.status == "skipped":
             continue  # no llama-cpp-python: the logits check above already says so
-        report, found = verify_model(target, base=base)
+        checked, found = verify_model(target, base=base)
         where = os.path.join(out, REPORT) if kind == "hf" else f"{gguf_path}.verify.json"
-        verified[kind] = {"ok": report["ok"], "saved": str(save_report(Path(where), report)), "checks": len(found)}
+        verified[kind] = {"ok": checked["ok"], "saved": str(save_report(Path(where), checked)), "checks": len(found)}
         checks += [c for c in found if c.status in ("passed", "failed")]
     llama: dict[str, Any] = logits.measured if logits.status != "skipped" else {"skipped": logits.reason}
     data = {
