@@ -120,3 +120,35 @@ def verdict_configs() -> dict[str, dict[str, Any]]:
         "mistral-saved-by-v5": mistral_saved,
         "qwen2.5-saved-by-v5": qwen_saved,
     }
+
+
+# Runs yarnconv with its up-front space check switched off, so the disk really fills mid-write.
+_NO_PRECHECK = (
+    "import sys, yarnconv.gguf.export as g, yarnconv.hf.variant as v\n"
+    "g.require_space = v.require_space = lambda *a: None\n"
+    "from yarnconv.cli import main\n"
+    "sys.argv[0] = 'yarnconv'\n"
+    "main()\n"
+)
+
+
+def run_on_small_disk(size: int, args: list[str], *, precheck: bool = True) -> tuple[int, str, list[str]]:
+    """``yarnconv ARGS`` with ``/mnt/small`` (in ARGS) a tmpfs of ``size`` bytes, in a private mount
+    namespace (``unshare -rm``; no root needed where user namespaces are allowed). Returns the exit
+    code, stderr and what is left on the small disk afterwards. Skips where mounting is refused."""
+    import shlex
+    import subprocess
+    import sys
+
+    import pytest
+
+    mnt = "/tmp/yarnconv-small-disk"
+    Path(mnt).mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "yarnconv"] if precheck else [sys.executable, "-c", _NO_PRECHECK]
+    quoted = " ".join(shlex.quote(a.replace("/mnt/small", mnt)) for a in [*cmd, *args])
+    script = f"mount -t tmpfs -o size={size} tmpfs {mnt} || exit 99; {quoted}; rc=$?; echo; echo LEFT:; ls -A {mnt}; exit $rc"
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=600)
+    if done.returncode == 99:
+        pytest.skip("no private tmpfs here (unshare -rm and mount refused): the full-disk path cannot be exercised")
+    left = done.stdout.split("LEFT:", 1)[1].split()
+    return done.returncode, done.stderr, left

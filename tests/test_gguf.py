@@ -676,8 +676,14 @@ def test_demo_end_to_end(tmp_path: Path, smollm2_dir: Path) -> None:
     assert data["ok"] and len(data["checks"]) >= 10 and {c["status"] for c in data["checks"]} == {"passed"}
     assert data["verify"]["hf"]["ok"] and data["verify"]["gguf"]["ok"] and (tmp_path / "demo.gguf.verify.json").is_file()
     assert data["inspect"]["path"] == str(tmp_path / "demo") and data["inspect"]["model_type"] == "llama"
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(data["card"])  # the card, with verify's results and the figure, and a dry-run push
+    assert "transformers" in card.text and "(yarnconv-rope.png)" in card.text and (tmp_path / "demo" / "yarnconv-rope.png").is_file()
+    assert {"README.md", "config.json", "model.safetensors"} <= set(data["push_dry_run"]["files"]) and data["push_dry_run"]["bytes"] > 100e6
     printed = CliRunner().invoke(main, ["demo", "-o", str(tmp_path / "printed")])  # the README's quick start prints, not --json
     assert printed.exit_code == 0 and "OK: transformers and llama.cpp read the extended model exactly as planned" in printed.stdout, printed.output
+    assert "model card: " in printed.stdout and "push (dry run): would send" in printed.stdout
     gguf_path = tmp_path / "demo.gguf"
     assert read_header(gguf_path).get("llama.context_length") == 32768
     tokens = [1, *np.random.default_rng(0).integers(100, 20000, 127).tolist()]  # the demo's probe: BOS + 127 fixed ids
@@ -700,3 +706,18 @@ def test_ggml_type_table_agrees_with_gguf_py() -> None:
 
     assert {int(k): (k.name, *v) for k, v in GGML_QUANT_SIZES.items() if int(k) in GGML_TYPES} == GGML_TYPES
     assert {v.name: int(v) for v in Ours} == {v.name: int(v) for v in GGUFValueType}
+
+
+def test_bf16_tensors_copied_unchanged_equal_gguf_py_encoding_for_every_bit_pattern() -> None:
+    """bf16 -> BF16 exports copy the bits instead of re-encoding through f32; that equals gguf-py's
+    (the converter's) encoder for all 65536 patterns, signalling NaNs included."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    from yarnconv.gguf.export import _quiet_nans
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    encoded = quants.quantize((bits.astype(np.uint32) << 16).view(np.float32), GGMLQuantizationType.BF16).view(np.uint16)
+    assert np.array_equal(_quiet_nans(bits), encoded)
+    finite = bits[(bits & 0x7FFF) <= 0x7F80]
+    assert _quiet_nans(finite) is finite  # no NaN: no pass beyond the check

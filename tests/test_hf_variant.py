@@ -77,6 +77,13 @@ def test_single_file_safetensors_carries_the_config(extended: Path, tmp_path: Pa
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(placed).config.max_position_embeddings == 4 * 32768
+    report = json.loads(CliRunner().invoke(main, ["inspect", str(out), "--json"]).stdout)  # inspect reads the file alone
+    assert report["weight_dtypes"].keys() == {"F16"} and report["max_position_embeddings"] == 4 * 32768 and report["tensors"] == len(src)
+    assert report["rope"]["rope_type"] == "yarn" and report["yarnconv"]["factor"] == 4.0
+    plain = tmp_path / "plain.safetensors"  # a file without a config: its tensors, and a plain word about runtimes
+    save_file({"w": torch.zeros(3, 4)}, plain)
+    result = CliRunner().invoke(main, ["inspect", str(plain)])
+    assert result.exit_code == 0 and "12 parameters in 1 tensors, F32" in result.output and "runtimes cannot be predicted" in result.output
 
 
 def test_integer_tensors_pass_through_and_quantized_checkpoints_are_refused(extended: Path, tmp_path: Path) -> None:
@@ -115,3 +122,55 @@ def test_variant_bad_input_is_one_line(extended: Path, tmp_path: Path) -> None:
         assert not out.exists()
     dry = CliRunner().invoke(main, ["export", str(extended), "--hf", "--dtype", "f16", "-o", str(tmp_path / "dry"), "--dry-run"])
     assert dry.exit_code == 0 and "would write" in dry.stdout and not (tmp_path / "dry").exists()
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16", "f32"])
+def test_chunked_cast_pipeline_matches_tensor_to(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    """Many small chunks through both buffers, special values, a growing cast and a pass-through int tensor."""
+    from yarnconv.hf.variant import export_safetensors
+    from yarnconv.storage import safetensors_out
+
+    monkeypatch.setattr(safetensors_out, "CHUNK_BYTES", 1024)
+    g = torch.Generator().manual_seed(0)
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0, 1e-40, 6e-8, 65504.0, 70000.0, 1 / 3])
+    src = {
+        "a.f32": torch.cat([torch.randn(3001, generator=g) * 100, special]),
+        "b.bf16": (torch.randn(40, 77, generator=g) * 1e3).to(torch.bfloat16),
+        "c.f16": torch.cat([torch.randn(999, generator=g), special.to(torch.float16)]),
+        "d.f64": torch.randn(300, generator=g, dtype=torch.float64),
+        "e.i64": torch.arange(700, dtype=torch.int64),
+        "f.empty": torch.zeros(0),
+    }
+    (tmp_path / "m").mkdir()
+    save_file(src, tmp_path / "m" / "model.safetensors")
+    (tmp_path / "m" / "config.json").write_text("{}")
+    export_safetensors(tmp_path / "m", tmp_path / "out.safetensors", dtype=dtype, progress=False)
+    want = {"f16": torch.float16, "bf16": torch.bfloat16, "f32": torch.float32}[dtype]
+    got = load_file(tmp_path / "out.safetensors")
+    for name, t in src.items():
+        expect = t if not t.is_floating_point() else t.to(want)
+        assert got[name].dtype == expect.dtype and got[name].shape == expect.shape, name
+        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[expect.element_size()]
+        assert torch.equal(got[name].view(bits), expect.view(bits)), name
+
+
+def test_full_disk_mid_write_is_one_line_and_leaves_nothing(extended: Path) -> None:
+    from helpers import run_on_small_disk
+
+    size = sum(p.stat().st_size for p in extended.glob("*.safetensors"))
+    for fmt, out in (("--hf", "/mnt/small/out"), ("--safetensors", "/mnt/small/one.safetensors")):
+        code, err, left = run_on_small_disk(size // 3, ["export", str(extended), fmt, "--dtype", "f32", "-q", "-o", out], precheck=False)
+        assert code == 1 and err.strip().count("\n") == 0 and "no space left on device while writing" in err and left == [], err
+        code, err, left = run_on_small_disk(size // 3, ["export", str(extended), fmt, "--dtype", "f32", "-q", "-o", out])
+        assert code == 1 and err.strip().count("\n") == 0 and "not enough space" in err and left == [], err
+
+
+def test_export_leaves_no_file_open(extended: Path, tmp_path: Path) -> None:
+    from yarnconv.hf.variant import export_hf
+
+    before = set(Path("/proc/self/fd").iterdir()) if Path("/proc/self/fd").is_dir() else None
+    if before is None:
+        pytest.skip("no /proc/self/fd here")
+    export_hf(extended, tmp_path / "out", dtype="bf16", max_shard_size=100_000, progress=False)
+    after = {p for p in Path("/proc/self/fd").iterdir() if p.exists()}
+    assert {str(p.resolve()) for p in after - before if p.exists()} == set()

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import struct
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
-from gguf import GGUFReader
+from gguf import GGUFReader, GGUFWriter
 from test_gguf import run_cli, tiny_with_tokenizer
 
 from yarnconv.cli import main
@@ -95,3 +98,167 @@ def test_ladder_bad_input_is_one_line_and_leaves_nothing(extended: Path, tmp_pat
     result = CliRunner().invoke(main, ["export", str(extended), "--gguf", "--outtype", "q4_k_m", "-o", str(out)])
     assert result.exit_code == 1 and "pip install" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists() or not any(out.iterdir())
+
+
+def write_imatrix(path: Path, model: Path, *, legacy: bool = False, columns: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
+    """An importance matrix for the matrices of the GGUF file ``model``, in llama-imatrix's GGUF layout
+    (``X.in_sum2`` summed squares and ``X.counts`` per expert, imatrix.* keys) or its legacy .dat one.
+    Values are chosen so both layouts divide back to the same per-column numbers, which are returned.
+    ``columns`` overrides every matrix's width (an imatrix made for another model)."""
+    rng = np.random.default_rng(seed)
+    mats = [(t.name, columns or int(t.shape[0])) for t in GGUFReader(model).tensors if len(t.shape) >= 2 and int(t.shape[1]) > 1 and not t.name.startswith("token_embd")]
+    values = {name: (rng.gamma(0.5, 2.0, cols) * 4).astype(np.float32) for name, cols in mats}  # multiples of 1/4 scaled by 512 stay exact
+    values = {k: np.round(v * 64) / 64 for k, v in values.items()}
+    calls, tokens = 4, 512.0
+    if legacy:
+        out = bytearray(struct.pack("<i", len(values)))
+        for name, v in values.items():
+            out += struct.pack("<i", len(name)) + name.encode() + struct.pack("<ii", calls, v.size) + (v * calls).astype("<f4").tobytes()
+        out += struct.pack("<ii", 7, 8) + b"wiki.txt"
+        path.write_bytes(bytes(out))
+        return values
+    w = GGUFWriter(str(path), arch="imatrix")
+    w.add_type("imatrix")
+    w.add_array("imatrix.datasets", ["wiki.txt"])
+    w.add_uint32("imatrix.chunk_count", 7)
+    w.add_uint32("imatrix.chunk_size", 512)
+    for name, v in values.items():
+        w.add_tensor(name + ".in_sum2", (v * tokens).reshape(1, -1).astype(np.float32))
+        w.add_tensor(name + ".counts", np.full((1, 1), tokens, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return values
+
+
+@pytest.fixture(scope="module")
+def f16_file(extended: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("f16") / "ext-f16.gguf"
+    run_cli("export", str(extended), "--gguf", "--outtype", "f16", "-o", str(path), "-q")
+    return path
+
+
+def test_imatrix_shapes_the_quantization_in_both_file_layouts(extended: Path, f16_file: Path, tmp_path: Path) -> None:
+    from yarnconv.gguf.imatrix import read_imatrix
+
+    values = write_imatrix(tmp_path / "im.gguf", f16_file)
+    assert write_imatrix(tmp_path / "im.dat", f16_file, legacy=True).keys() == values.keys()
+    for fmt in ("gguf", "dat"):  # both divide back to the per-column values llama-quantize hands llama.cpp
+        im = read_imatrix(tmp_path / f"im.{fmt}")
+        assert im.entries.keys() == values.keys() and all(np.array_equal(im.entries[k], v) for k, v in values.items())
+        assert im.datasets == ["wiki.txt"] and im.chunks == 7
+    plain, outs = tmp_path / "plain", {}
+    run_cli("export", str(extended), "--gguf", "--outtype", "iq4_xs", "-o", str(plain), "-q")
+    for fmt in ("gguf", "dat"):
+        result = CliRunner().invoke(main, ["export", str(extended), "--gguf", "--outtype", "iq4_xs,iq2_xs", "--imatrix", str(tmp_path / f"im.{fmt}"), "-o", str(tmp_path / fmt), "--json", "-q"])
+        assert result.exit_code == 0, result.output
+        record = json.loads(result.stdout)
+        assert record["imatrix"]["matrices_covered"] == len(values) and record["imatrix"]["entries"] == len(values)
+        outs[fmt] = {p.name.rsplit("-", 1)[-1]: p for p in (tmp_path / fmt).glob("*.gguf")}
+        h = read_header(outs[fmt]["IQ4_XS.gguf"])
+        assert h.get("quantize.imatrix.file") == str(tmp_path / f"im.{fmt}") and h.get("quantize.imatrix.entries_count") == len(values)
+        assert h.get("quantize.imatrix.dataset") == "wiki.txt" and h.get("quantize.imatrix.chunks_count") == 7
+        assert h.get("llama.rope.scaling.type") == "yarn" and PAD_KEY in h.kvs
+    for t in ("IQ4_XS.gguf", "IQ2_XS.gguf"):
+        assert _tensors(outs["gguf"][t]) == _tensors(outs["dat"][t]), t  # same numbers, same tensors
+    (plain_file,) = plain.glob("*.gguf")
+    changed = [n for n, v in _tensors(plain_file).items() if v != _tensors(outs["gguf"]["IQ4_XS.gguf"])[n]]
+    assert len(changed) >= len(values) // 2  # the importance moved llama.cpp's choices
+    assert CliRunner().invoke(main, ["verify", str(outs["gguf"]["IQ2_XS.gguf"])]).exit_code == 0
+
+
+def test_imatrix_for_another_model_is_refused_before_writing(extended: Path, f16_file: Path, tmp_path: Path) -> None:
+    write_imatrix(tmp_path / "wide.gguf", f16_file, columns=384)
+    (tmp_path / "junk.dat").write_bytes(b"\x05\x00\x00\x00junk")
+    w = GGUFWriter(str(tmp_path / "other.gguf"), arch="imatrix")
+    for k, v in (("imatrix.chunk_count", 1), ("imatrix.chunk_size", 512)):
+        w.add_uint32(k, v)
+    w.add_array("imatrix.datasets", ["x"])
+    w.add_tensor("blk.0.ffn_gate_exps.weight.in_sum2", np.ones((1, 256), dtype=np.float32))
+    w.add_tensor("blk.0.ffn_gate_exps.weight.counts", np.ones((1, 1), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    out = tmp_path / "gguf"
+    for args, code, message in (
+        (["--imatrix", str(tmp_path / "wide.gguf")], 1, "has 384 values, the tensor has 256 columns"),
+        (["--imatrix", str(tmp_path / "other.gguf")], 1, "none of its 1 entries"),
+        (["--imatrix", str(tmp_path / "junk.dat")], 1, "is not a readable importance matrix"),
+        (["--imatrix", str(tmp_path / "missing.dat")], 1, "no such file"),
+        (["--imatrix", str(tmp_path / "wide.gguf"), "--outtype", "f16"], 2, "--imatrix applies to llama.cpp's quantized types"),
+    ):
+        argv = ["export", str(extended), "--gguf", "-o", str(out), *args]
+        result = CliRunner().invoke(main, argv if "--outtype" in args else [*argv, "--outtype", "q4_k_m,iq2_xs"])
+        assert result.exit_code == code and len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.output
+        assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_real_smollm2_quant_loss_is_in_range_and_ordered(smollm2_dir: Path, tmp_path: Path) -> None:
+    """``export --verify`` measures each quantized type against the f16 file in llama.cpp.
+
+    Bounds: a public 8B Q8_0 scores mean KL 2.4e-4 and Q5_K_M 4.7e-3 (shared/reference/verify.md);
+    a 135M model whose 576-wide rows force llama.cpp's quantizer onto fallback types loses about
+    30x more (measured 0.007 / 0.014 / 0.085), so the bounds leave 3x room above that, and a
+    floor catches a "quantized" file that is really the float one."""
+    ext = tmp_path / "sm4"
+    run_cli("extend", str(smollm2_dir), "--scale", "4", "-o", str(ext), "-q")
+    result = CliRunner().invoke(main, ["export", str(ext), "--gguf", "--outtype", "f16,q8_0,q6_k,q4_k_m", "--verify", "-o", str(tmp_path / "gguf"), "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    variants = {v["outtype"]: v for v in json.loads(result.stdout)["variants"]}
+    assert "vs_float" not in variants["f16"] and all(v["verify"]["ok"] for v in variants.values())
+    loss = {t: variants[t]["vs_float"] for t in ("q8_0", "q6_k", "q4_k_m")}
+    assert all(q["against"] == "F16" and q["tokens"] == 256 and q["source"].startswith("text:") for q in loss.values())
+    for t, (kl_max, top1_min) in {"q8_0": (0.03, 0.85), "q6_k": (0.05, 0.8), "q4_k_m": (0.25, 0.7)}.items():
+        assert 1e-4 < loss[t]["kl_mean"] <= kl_max and loss[t]["same_top1"] >= top1_min, (t, loss[t])
+    assert loss["q8_0"]["kl_mean"] < loss["q6_k"]["kl_mean"] < loss["q4_k_m"]["kl_mean"]
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(extended: Path, f16_file: Path) -> None:
+    from helpers import run_on_small_disk
+
+    f16 = f16_file.stat().st_size
+    base = ["export", str(extended), "--gguf", "-q", "-o", "/mnt/small/gguf", "--outtype"]
+    # up front: the space check refuses before writing anything
+    code, err, left = run_on_small_disk(f16 // 2, [*base, "q4_k_m"])
+    assert code == 1 and err.strip().count("\n") == 0 and "not enough space for the GGUF files" in err and left == [], err
+    # the disk fills while yarnconv writes the intermediate file, then while llama.cpp's quantizer writes
+    for size, outtype, message in ((f16 // 2, "q4_k_m", "no space left on device"), (f16 + f16 // 8, "q6_k", "llama.cpp's quantizer failed on Q6_K")):
+        code, err, left = run_on_small_disk(size, [*base, outtype], precheck=False)
+        assert code == 1 and err.strip().count("\n") == 0 and message in err and left == [], err
+
+
+@pytest.mark.skipif(not os.environ.get("LLAMA_QUANTIZE"), reason="set LLAMA_QUANTIZE to a llama-quantize binary (built from the llama.cpp that llama-cpp-python vendors) to compare with it")
+def test_imatrix_output_is_byte_identical_to_llama_quantize(extended: Path, f16_file: Path, tmp_path: Path) -> None:
+    for fmt in ("gguf", "dat"):
+        im = tmp_path / f"im.{fmt}"
+        write_imatrix(im, f16_file, legacy=fmt == "dat")
+        out = tmp_path / fmt
+        run_cli("export", str(extended), "--gguf", "--outtype", "f16,iq4_xs,iq2_xs", "--imatrix", str(im), "-o", str(out), "-q")
+        (f16,) = out.glob("*-F16.gguf")
+        for t in ("IQ4_XS", "IQ2_XS"):
+            theirs = tmp_path / f"theirs-{fmt}-{t}.gguf"
+            done = subprocess.run([os.environ["LLAMA_QUANTIZE"], "--imatrix", str(im), str(f16), str(theirs), t, "2"], capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stderr[-2000:]
+            (ours,) = out.glob(f"*-{t}.gguf")
+            assert ours.read_bytes() == theirs.read_bytes(), (fmt, t)  # the whole file: tensors and quantize.imatrix.* keys
+
+
+def test_q8_0_in_a_ladder_comes_from_llama_cpp_with_the_converters_bytes(extended: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a lossless intermediate (f32 weights, f32 file) llama.cpp's quantizer makes Q8_0; its tensor
+    bytes equal yarnconv's own Q8_0 encoder, which equals llama.cpp's converter (test_gguf)."""
+    from yarnconv.gguf import quantize as q
+
+    made: list[str] = []
+    real = q.quantize
+    monkeypatch.setattr(q, "quantize", lambda src, dst, t, **kw: (made.append(t), real(src, dst, t, **kw))[1])
+    assert CliRunner().invoke(main, ["export", str(extended), "--gguf", "--outtype", "f32,q8_0,q4_0", "-o", str(tmp_path / "ladder"), "-q"]).exit_code == 0
+    assert made == ["q8_0", "q4_0"]
+    made.clear()  # an f16 intermediate of f32 weights is not lossless: Q8_0 is encoded from the f32 source
+    assert CliRunner().invoke(main, ["export", str(extended), "--gguf", "--outtype", "f16,q8_0,q4_0", "-o", str(tmp_path / "lossy"), "-q"]).exit_code == 0
+    assert made == ["q4_0"]
+    run_cli("export", str(extended), "--gguf", "--outtype", "q8_0", "-o", str(tmp_path / "direct.gguf"), "-q")
+    (q8,) = (tmp_path / "ladder").glob("*-Q8_0.gguf")
+    assert _tensors(q8) == _tensors(tmp_path / "direct.gguf")
+    assert read_header(q8).get("general.file_type") == 7 and read_header(q8).get("llama.rope.scaling.type") == "yarn"

@@ -95,6 +95,22 @@ def test_gguf_with_the_wrong_context_fails_with_the_cause(exported: dict, tmp_pa
         assert "context_length is 256, the planned context is 1024" in failed["GGUF context_length"]["reason"]
 
 
+def test_quantized_gguf_against_its_base_runs_its_own_weights_with_the_base_plan(exported: dict, tmp_path: Path) -> None:
+    """Quantization loss is not a rope fault: a Q4_0 file is compared with the reference on its own
+    dequantized weights, the plan still comes from --base, and a wrong key still fails."""
+    _, ext, _ = exported["llama"]
+    run_cli("export", str(ext), "--gguf", "--outtype", "q4_0", "-o", str(tmp_path / "q"), "-q")
+    (q4,) = (tmp_path / "q").glob("*.gguf")
+    code, report = verify(str(q4), "--base", str(ext))
+    assert code == 0 and report["reference"]["weights"] == str(q4) and report["reference"]["weight_type"] not in ("F32", "F16", "BF16"), _failed(report)
+    assert "--base" in report["plan"]["from"] and "GGUF Q/K row layout" in {c["name"] for c in report["checks"]}
+    _set_key(q4, "llama.rope.scaling.original_context_length", 128)
+    code, report = verify(str(q4), "--base", str(ext))
+    failed = _failed(report)
+    assert code == 1 and "original length is 128" in failed["llama.cpp rope from the GGUF keys"]["reason"]
+    assert "llama.cpp logits beyond the original 256" in failed
+
+
 def test_gguf_with_the_wrong_original_length_fails(exported: dict, tmp_path: Path) -> None:
     _, ext, gguf = exported["llama"]
     broken = _copy(gguf, tmp_path)

@@ -20,7 +20,16 @@ def inspect(model: str, as_json: bool, **settings: Any) -> None:
     from yarnconv import api
 
     result = api.inspect(model, request_from(InspectJob, settings))
-    emit(result.to_dict(), as_json, print_inspect_gguf if result.route == "gguf" else print_inspect)
+    printer = print_inspect_gguf if result.route == "gguf" else print_inspect
+    if result.route == "safetensors" and result.record.get("config", {}) is None:
+        printer = print_inspect_safetensors_only
+    emit(result.to_dict(), as_json, printer)
+
+
+def print_inspect_safetensors_only(r: dict[str, Any]) -> None:
+    dtypes = ", ".join(r["weight_dtypes"])
+    click.echo(f"{r['path']}\n  weights      {r['parameters']:,} parameters in {r['tensors']} tensors, {dtypes}, {fmt_bytes(r['size_on_disk'])}")
+    click.echo("  config       none in its metadata: runtimes cannot be predicted (inspect the checkpoint directory it came from)")
 
 
 def print_inspect_gguf(r: dict[str, Any]) -> None:

@@ -52,7 +52,10 @@ def print_record(r: dict[str, Any]) -> None:
 def print_verified(r: dict[str, Any]) -> None:
     """The one-line verify summary of extend --verify and export --verify."""
     v = r.get("verify")
-    if v:
+    if v and any("verify" in x for x in r.get("variants") or []):
+        n = len(r["variants"])
+        click.echo(f"verified in {v['engine']}: {n} file{'s' if n != 1 else ''}, each report beside its file (*.verify.json)")
+    elif v:
         passed = sum(c["status"] == "passed" for c in v["checks"])
         click.echo(f"verified in {v['engine']}: {passed} of {len(v['checks'])} checks passed ({v['saved']})")
 
@@ -76,5 +79,13 @@ def print_export(r: dict[str, Any]) -> None:
             size = f"{fmt_bytes(v['bytes'])}, " if "bytes" in v else ""
             types = ", ".join(f"{n} {t}" for t, n in sorted(v.get("tensor_types", {}).items()))
             click.echo(f"  {v['outtype'].upper():<7} {v['output']}" + (f" ({size}{types})" if size else ""))
+            if "verify" in v:
+                click.echo(f"          verify {'passed' if v['verify']['ok'] else 'FAILED'}")
+            if "vs_float" in v:
+                q = v["vs_float"]
+                click.echo(f"          against {q['against']}: KL mean {q['kl_mean']:.4f}, 99% {q['kl_p99']:.3f}, same top-1 {q['same_top1']:.1%} ({q['tokens']} tokens)")
+    im = r.get("imatrix")
+    if im:
+        click.echo(f"  imatrix {im['path']}: {im['entries']} entries, {im['matrices_covered']} matrices of this model covered")
     click.echo(("would write " if r.get("dry_run") else "wrote ") + ", ".join(r["outputs"]))
     print_verified(r)

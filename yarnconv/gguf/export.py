@@ -12,6 +12,7 @@ RSS) after a chunk is written.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +32,18 @@ from yarnconv.storage.weights import TensorInfo
 CHUNK_BYTES = 32 * 1024 * 1024  # f32 working set per chunk
 
 
-def _read_rows(t: TensorInfo, fd: int, row0: int, row1: int) -> np.ndarray:
-    """Rows [row0, row1) of a tensor as f16 or f32 (the converter's working dtypes)."""
+def _read_rows(t: TensorInfo, fd: int, row0: int, row1: int, *, raw: bool = False) -> np.ndarray:
+    """Rows [row0, row1) of a tensor as f16 or f32 (the converter's working dtypes), or with ``raw``
+    as stored (bf16 as uint16 bits)."""
     cols = int(np.prod(t.shape[1:])) if len(t.shape) > 1 else 1
     np_dtype = _ST_DTYPES[t.dtype]
     width = np.dtype(np_dtype).itemsize
     start = t.offset + row0 * cols * width
-    raw = os.pread(fd, (row1 - row0) * cols * width, start)
-    arr = np.frombuffer(raw, dtype=np_dtype)
-    if t.dtype == "BF16":
+    data = os.pread(fd, (row1 - row0) * cols * width, start)
+    arr = np.frombuffer(data, dtype=np_dtype)
+    if raw:
+        pass
+    elif t.dtype == "BF16":
         arr = (arr.astype(np.uint32) << 16).view(np.float32)
     elif t.dtype == "F64":
         arr = arr.astype(np.float32)
@@ -51,6 +55,19 @@ def _repair(rows: np.ndarray, head_dim: int) -> np.ndarray:
     """Llama Q/K: GGUF row 2j+a of each head is HF row a*(d/2)+j (gguf.md §5)."""
     n = rows.shape[0] // head_dim
     return rows.reshape(n, 2, head_dim // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
+
+
+# source dtype -> the GGUF type that stores it unchanged: such tensors are copied, not re-encoded
+SAME = {"F32": Q.F32, "F16": Q.F16, "BF16": Q.BF16}
+
+
+def _quiet_nans(bits: np.ndarray) -> np.ndarray:
+    """bf16 bits as gguf-py's BF16 encoder leaves them: a signalling NaN gets its quiet bit, all else
+    is unchanged (bf16 -> f32 -> bf16 rounds nothing)."""
+    magnitude = bits & np.uint16(0x7FFF)
+    if bits.size == 0 or magnitude.max() <= 0x7F80:  # no NaN at all: the common case, one pass
+        return bits
+    return np.where(magnitude > 0x7F80, bits | np.uint16(0x0040), bits)
 
 
 def _encode(rows: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
@@ -91,12 +108,13 @@ class StreamedTensor:
             assert t.src is not None and t.src.path is not None
             fd = os.open(t.src.path, os.O_RDONLY)
             try:
+                same = SAME.get(t.src.dtype) == t.qtype
                 for r0, r1 in _chunks(t):
-                    rows = _read_rows(t.src, fd, r0, r1)
+                    rows = _read_rows(t.src, fd, r0, r1, raw=same)
                     if t.heads:
                         rows = _repair(rows, t.src.shape[0] // t.heads)
-                    data = _encode(rows, t.qtype)
-                    fout.write(data.tobytes())
+                    data = (_quiet_nans(rows) if t.src.dtype == "BF16" else rows) if same else _encode(rows, t.qtype)
+                    fout.write(memoryview(np.ascontiguousarray(data)).cast("B"))  # no copy
                     written += data.nbytes
                     self.bar.update((r1 - r0) * (t.src.nbytes // max(t.src.shape[0] if t.src.shape else 1, 1)))
             finally:
@@ -131,6 +149,8 @@ def export_gguf(
     route: str = "auto",
     pre_tokenizer: str | None = None,
     split_max_size: int = 0,
+    imatrix: str | os.PathLike[str] | None = None,
+    quant_loss: Callable[[Path, dict[str, Path]], dict[str, dict[str, Any]]] | None = None,
     name: str | None = None,
     force: bool = False,
     dry_run: bool = False,
@@ -138,19 +158,23 @@ def export_gguf(
 ) -> dict[str, Any]:
     """Convert the HF checkpoint at ``source`` to GGUF, one file (or split set) per type in
     ``outtype`` (``q4_k_m,q5_k_m,q8_0``); quant-ladder types are made by llama.cpp's quantizer from
-    one f16/bf16/f32 file written once. ``config`` replaces config.json (extend --gguf)."""
-    from yarnconv.gguf.quantize import DIRECT, LADDER, parse_outtypes, require_quantizer
+    one f16/bf16/f32 file written once, with ``imatrix`` if given. ``quant_loss(float_file, {type:
+    file})`` measures each quantized file against that float file while it still exists (verify's
+    measure, passed in from above). ``config`` replaces config.json (extend --gguf)."""
+    from yarnconv.gguf.quantize import DIRECT, FTYPES, parse_outtypes, require_quantizer
     from yarnconv.storage.sources import resolve
 
     root = resolve(source).path
     raw = config if config is not None else read_json(root / CONFIG, CONFIG)
-    types = parse_outtypes(outtype)
-    ladder = [t for t in types if t in LADDER]
+    types = parse_outtypes(outtype, imatrix=imatrix is not None)
+    ladder = [t for t in types if t in FTYPES]
+    if imatrix is not None and not ladder:
+        raise UsageError(f"--imatrix applies to llama.cpp's quantized types, and --outtype {outtype} has none", "add a type such as q4_k_m, or drop --imatrix")
     several = len(types) > 1
     if several and os.fspath(output).endswith(".gguf"):
         raise UsageError(f"--outtype {outtype} makes {len(types)} files, and -o {output} names one", "pass a directory: -o gguf/")
     if ladder:
-        require_quantizer()
+        require_quantizer(imatrix=imatrix is not None)
         if split_max_size:
             raise YarnconvError("--split-max-size does not apply to quantized types yet", "split the quantized file with llama-gguf-split")
     floats = [t for t in types if t in ("auto", "f32", "f16", "bf16")]
@@ -160,35 +184,59 @@ def export_gguf(
     plans = {t: plan_export(root, raw, t, route=route, name=name, pre_tokenizer=pre_tokenizer, split_max_size=split_max_size, output=out_dir) for t in types if t in DIRECT or t == "auto"}
     base = plans.get(base_type) or plan_export(root, raw, base_type, route=route, name=name, pre_tokenizer=pre_tokenizer, output=None)
     quantized = {t: _ladder_path(root, out_dir, base, t) for t in ladder}
+    if ladder and "q8_0" in plans and _lossless(base):
+        # llama.cpp's Q8_0 of an intermediate that holds the source's own values has the converter's
+        # tensor bytes (checked), and its C quantizer is faster than encoding Q8_0 here
+        quantized = {t: quantized[t] if t != "q8_0" else plans.pop("q8_0").outputs[0] for t in types if t in quantized or t == "q8_0"}
+    im = None
+    if imatrix is not None:
+        from yarnconv.gguf.imatrix import check_fits, read_imatrix
+
+        im = read_imatrix(imatrix)
+        covered = check_fits(im, [(t.name, t.shape) for t in base.tensors], str(root))
     outputs = [p for plan in plans.values() for p in plan.outputs] + list(quantized.values())
     first = plans.get(types[0], base)
     record: dict[str, Any] = {"source": str(root), **first.summary(), "outputs": [str(p) for p in outputs], "output": str(outputs[0])}
-    if several or ladder:
+    lossy = [t for t in types if t in FTYPES or t == "q8_0"] if quant_loss is not None else []  # measured against the float file
+    if several or ladder or lossy:
         record["variants"] = [{"outtype": t, "output": str(plans[t].outputs[0] if t in plans else quantized[t])} for t in types]
+    if im is not None:
+        record["imatrix"] = {"path": im.path, "entries": len(im.entries), "matrices_covered": covered, "datasets": im.datasets, "chunks": im.chunks}
     check_new_files(outputs, force=force)
     if dry_run:
         return record
     with atomic_files(outputs, "export") as scratch:
         need = sum(sum(t.nbytes for t in plan.tensors) for plan in plans.values()) + (0 if base_type in plans else sum(t.nbytes for t in base.tensors))
-        require_space(scratch, need + sum(t.nbytes for t in base.tensors) // 2 * len(ladder) + 2 * RESERVE, "the GGUF files")
+        require_space(scratch, need + sum(t.nbytes for t in base.tensors) // 2 * len(quantized) + 2 * RESERVE, "the GGUF files")
         for plan in plans.values():
             _write(plan, scratch / plan.output_base.name, progress)
-        if ladder:
+        measured = {t: scratch / (quantized[t].name if t in quantized else plans[t].output_base.name) for t in lossy}
+        if ladder or measured:
             intermediate = scratch / (base.outputs[0].name if base_type in plans else f".intermediate-{base.outtype.name}.gguf")
             if base_type not in plans:
                 _write(base, intermediate, progress)
             from yarnconv.gguf.quantize import quantize
 
-            with progress_bar(len(ladder), progress, "quantize", unit="file") as bar:
+            with progress_bar(len(quantized), progress, "quantize", unit="file") as bar:
                 for t, path in quantized.items():
-                    quantize(intermediate, scratch / path.name, t)
+                    quantize(intermediate, scratch / path.name, t, imatrix=None if im is None or t == "q8_0" else im.path)
                     check_written_keys(read_header(scratch / path.name), base.keys)
                     bar.update(1)
+            if measured and quant_loss is not None:
+                losses = quant_loss(intermediate, measured)
+                for v in record["variants"]:
+                    if v["outtype"] in losses:
+                        v["vs_float"] = {"against": base.outtype.name, **losses[v["outtype"]]}
     for v in record.get("variants", []):
         v.update(_described(Path(v["output"])))
     if types[0] in quantized:  # the record describes the first file, as llama.cpp's quantizer wrote it
         record.update(outtype=types[0].upper(), **_described(quantized[types[0]]))
     return record
+
+
+def _lossless(plan: ExportPlan) -> bool:
+    """Every matrix of ``plan`` is stored in its source's own dtype (bf16 weights in a BF16 file)."""
+    return all(SAME.get(t.src.dtype) == t.qtype for t in plan.tensors if t.src is not None and len(t.shape) > 1)
 
 
 def _described(path: Path) -> dict[str, Any]:
@@ -214,6 +262,19 @@ def _ladder_path(root: Path, output: str | os.PathLike[str], plan: ExportPlan, o
 
 def _write(plan: ExportPlan, base: Path, progress: bool) -> None:
     """One planned GGUF (or split set) written under ``base``'s name, then read back."""
+    try:
+        _write_unchecked(plan, base, progress)
+    except OSError as exc:
+        if exc.filename is None:  # gguf-py's writes do not say which file; the disk-full line should
+            exc.filename = str(base)
+        raise
+    names = [p.name for p in plan.outputs] or [base.name]
+    for n in names:
+        read_header(base.parent / n)  # re-read what was written before it gets its final name
+    check_written_keys(read_header(base.parent / names[0]), plan.keys)
+
+
+def _write_unchecked(plan: ExportPlan, base: Path, progress: bool) -> None:
     with progress_bar(sum(t.src.nbytes for t in plan.tensors if t.src), progress, "export") as bar:
         w = writer_for(plan, bar)
         if [p.name for p in w.format_shard_names(base)] != [p.name for p in plan.outputs] and plan.outputs:
@@ -222,7 +283,3 @@ def _write(plan: ExportPlan, base: Path, progress: bool) -> None:
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-    names = [p.name for p in plan.outputs] or [base.name]
-    for n in names:
-        read_header(base.parent / n)  # re-read what was written before it gets its final name
-    check_written_keys(read_header(base.parent / names[0]), plan.keys)

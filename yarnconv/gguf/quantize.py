@@ -30,21 +30,28 @@ LADDER = {
     "q5_k_s": 16,
     "q5_k_m": 17,
     "q6_k": 18,
+    "iq3_s": 26,
+    "iq3_m": 27,
     "iq4_nl": 25,
     "iq4_xs": 30,
 }
-NEED_IMATRIX = {"iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq2_m", "iq3_xxs", "iq3_xs", "iq3_s", "iq3_m", "q2_k_s"}
+# ... and those it refuses to make without one ("this quantization requires an importance matrix").
+NEED_IMATRIX = {"iq2_xxs": 19, "iq2_xs": 20, "q2_k_s": 21, "iq3_xs": 22, "iq3_xxs": 23, "iq1_s": 24, "iq2_s": 28, "iq2_m": 29, "iq1_m": 31}
+FTYPES = {**LADDER, **NEED_IMATRIX}
 DIRECT = ("f32", "f16", "bf16", "q8_0")  # written by yarnconv itself, bytes identical to llama.cpp's converter
+# llama.cpp converts at most this many bytes of rows to f32 at once (its default is 8 GiB, so a
+# large tensor is held whole); quantization is per row, so the output is the same.
+BUF_BYTES = 64 * 1024 * 1024
 
 
-def parse_outtypes(text: str | None) -> list[str]:
+def parse_outtypes(text: str | None, *, imatrix: bool = False) -> list[str]:
     """``q4_k_m,q5_k_m,q8_0`` -> a list of known, distinct type names (lower case)."""
     names = [t.strip().lower() for t in (text or "auto").split(",") if t.strip()]
     for n in names:
-        if n in NEED_IMATRIX:
-            raise UsageError(f"--outtype {n} needs an importance matrix", f"choose one of {', '.join(LADDER)}, which llama.cpp quantizes without one")
-        if n not in LADDER and n not in (*DIRECT, "auto"):
-            raise UsageError(f"unknown --outtype {n!r}", f"choose from auto, {', '.join(DIRECT)}, {', '.join(LADDER)}")
+        if n in NEED_IMATRIX and not imatrix:
+            raise UsageError(f"--outtype {n} needs an importance matrix", f"pass --imatrix FILE, or choose one of {', '.join(LADDER)}")
+        if n not in FTYPES and n not in (*DIRECT, "auto"):
+            raise UsageError(f"unknown --outtype {n!r}", f"choose from auto, {', '.join(DIRECT)}, {', '.join(FTYPES)}")
     if len(set(names)) != len(names):
         raise UsageError(f"--outtype {text} names a type twice", "list each type once")
     if "auto" in names and len(names) > 1:
@@ -58,32 +65,80 @@ def available() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
-def require_quantizer() -> None:
+IMATRIX_SINCE = (0, 3, 36)  # llama_model_imatrix_data: a plain C array (before, a C++ map pointer)
+
+
+def require_quantizer(*, imatrix: bool = False) -> None:
     if not available():
         raise YarnconvError(
             "the quant ladder runs llama.cpp's quantizer, and llama-cpp-python is not installed",
             'pip install "yarnconv[gguf]" (or CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-python)',
         )
+    if imatrix:
+        from importlib.metadata import version
+
+        have = version("llama-cpp-python")
+        if tuple(int(x) for x in have.split(".")[:3] if x.isdigit()) < IMATRIX_SINCE:
+            raise YarnconvError(f"--imatrix needs llama-cpp-python >= 0.3.36, this one is {have}", 'pip install -U "yarnconv[gguf]"')
 
 
-def quantize(src: Path, dst: Path, outtype: str, *, threads: int | None = None) -> None:
-    """llama.cpp's quantizer, ``src`` (f16/bf16/f32 GGUF) -> ``dst`` of type ``outtype``."""
-    cmd = [sys.executable, "-m", "yarnconv.gguf.quantize", str(src), str(dst), str(LADDER[outtype]), str(threads or os.cpu_count() or 2)]
+def quantize(src: Path, dst: Path, outtype: str, *, threads: int | None = None, imatrix: str | None = None) -> None:
+    """llama.cpp's quantizer, ``src`` (f16/bf16/f32 GGUF) -> ``dst`` of type ``outtype``, with
+    ``imatrix`` (a file already checked by :func:`yarnconv.gguf.imatrix.check_fits`) if given."""
+    cmd = [sys.executable, "-m", "yarnconv.gguf.quantize", str(src), str(dst), str({**FTYPES, "q8_0": 7}[outtype]), str(threads or os.cpu_count() or 2)]
+    cmd += [imatrix] if imatrix else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not dst.is_file():
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1][:200]
         raise YarnconvError(f"llama.cpp's quantizer failed on {outtype.upper()} ({last})", "check free disk space; report it if the input is a yarnconv export")
 
 
-def _child(src: str, dst: str, ftype: int, threads: int) -> int:
+def _child(src: str, dst: str, ftype: int, threads: int, imatrix: str | None = None) -> int:
     import ctypes
 
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype, params.nthread = ftype, threads
+    params.ftype, params.nthread, params.max_buf_size = ftype, threads, BUF_BYTES
+    keep: list = []  # the arrays params points into stay alive until the call returns
+    if imatrix:
+        params.imatrix, params.kv_overrides = _imatrix_params(imatrix, keep)
     return int(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params)))
 
 
+def _imatrix_params(path: str, keep: list) -> tuple:
+    """The imatrix array and the ``quantize.imatrix.*`` keys, as ``llama-quantize --imatrix`` passes them."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    from yarnconv.gguf.imatrix import read_imatrix
+
+    im = read_imatrix(path)
+    entries = (llama_cpp.llama_model_imatrix_data * (len(im.entries) + 1))()
+    for i, (name, values) in enumerate(im.entries.items()):
+        arr = np.ascontiguousarray(values, dtype=np.float32)
+        keep += [arr, name.encode()]
+        entries[i].name, entries[i].size = keep[-1], arr.size
+        entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+    keys: list[tuple[str, int, object]] = [("quantize.imatrix.file", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, im.path)]
+    if im.datasets:
+        keys.append(("quantize.imatrix.dataset", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR, im.datasets[0]))
+    keys.append(("quantize.imatrix.entries_count", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, len(im.entries)))
+    if im.chunks > 0:
+        keys.append(("quantize.imatrix.chunks_count", llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, im.chunks))
+    kv = (llama_cpp.llama_model_kv_override * (len(keys) + 1))()  # zeroed: the last one ends the list
+    for i, (key, tag, value) in enumerate(keys):
+        o = kv[i]  # a view into the array, not a copy
+        o.key, o.tag = key.encode(), tag
+        if isinstance(value, str):
+            o.value.val_str = value.encode()[:127]
+        else:
+            o.value.val_i64 = int(value)  # type: ignore[call-overload]
+    keep += [entries, kv]
+    return entries, kv
+
+
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
+    sys.exit(_child(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:6]))

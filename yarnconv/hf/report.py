@@ -2,26 +2,53 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 from yarnconv import rope, runtimes
 from yarnconv.config import ConfigView, positional_scheme, read_config
+from yarnconv.errors import YarnconvError
 from yarnconv.storage.files import CONFIG, RECORD, dir_size, read_json
 from yarnconv.storage.sources import resolve
-from yarnconv.storage.weights import scan_weights
+from yarnconv.storage.weights import WeightSet, read_safetensors_header, read_safetensors_metadata, scan_weights
 
 
 def inspect_model(source: str | os.PathLike[str], *, revision: str | None = None) -> dict[str, Any]:
     """A machine-readable report on a checkpoint directory (or Hub id)."""
     src = resolve(source, revision)
     raw = read_json(src.path / CONFIG, CONFIG)
+    record = src.path / RECORD
+    made = read_json(record, RECORD) if record.is_file() else None
+    return _report(raw, scan_weights(src.path), str(src.path), src.describe(), dir_size(src.path), made)
+
+
+def inspect_safetensors(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A report on one safetensors file: its tensors, and when its metadata carries a config.json
+    (``export --safetensors`` writes one) everything ``inspect`` says of a checkpoint."""
+    p = Path(path)
+    tensors = read_safetensors_header(p)
+    meta = read_safetensors_metadata(p)
+    weights = WeightSet(files=[p], tensors=tensors)
+    try:
+        raw = json.loads(meta["config"]) if "config" in meta else None
+        made = json.loads(meta["yarnconv"]) if "yarnconv" in meta else None
+    except json.JSONDecodeError:
+        raise YarnconvError(f"{p.name}: the config in its metadata is not JSON", "re-export it with yarnconv export --safetensors") from None
+    if not isinstance(raw, dict):
+        return {"path": str(p), "config": None, "weight_dtypes": weights.dtypes, "parameters": weights.num_parameters, "tensors": len(tensors), "size_on_disk": p.stat().st_size, "metadata_keys": sorted(meta)}
+    report = _report(raw, weights, str(p), "single safetensors file, config from its metadata", p.stat().st_size, made)
+    report["tensors"] = len(tensors)
+    return report
+
+
+def _report(raw: dict[str, Any], weights: WeightSet, path: str, source: str, size: int, made: Any) -> dict[str, Any]:
     view = read_config(raw)
-    weights = scan_weights(src.path)
     block = view.rope
     report: dict[str, Any] = {
-        "path": str(src.path),
-        "source": src.describe(),
+        "path": path,
+        "source": source,
         "model_type": view.model_type,
         "architectures": view.architectures,
         "config_section": ".".join(view.section) or "root",
@@ -40,7 +67,7 @@ def inspect_model(source: str | os.PathLike[str], *, revision: str | None = None
         "parameters": weights.num_parameters if weights.tensors else None,
         "weight_files": [p.name for p in weights.files + weights.opaque],
         "unparsed_weight_files": [p.name for p in weights.opaque],
-        "size_on_disk": dir_size(src.path),
+        "size_on_disk": size,
         "max_position_embeddings": view.max_position,
         "rope_layout": view.layout,
         "rope": block.to_dict(),
@@ -53,11 +80,8 @@ def inspect_model(source: str | os.PathLike[str], *, revision: str | None = None
         report["runtimes"] = runtimes.compare(view, refs)
         if view.layer_ropes:
             report["layer_ropes"] = {lt: b.to_dict() for lt, b in view.layer_ropes.items()}
-    record = src.path / RECORD
-    if record.is_file():
-        data = read_json(record, RECORD)
-        if isinstance(data, dict):
-            report["yarnconv"] = {k: data.get(k) for k in ("yarnconv_version", "created", "method", "factor", "original_context", "source")}
+    if isinstance(made, dict):
+        report["yarnconv"] = {k: made.get(k) for k in ("yarnconv_version", "created", "method", "factor", "original_context", "source")}
     return report
 
 

@@ -18,7 +18,7 @@ from yarnconv.errors import YarnconvError
 from yarnconv.storage.atomic import atomic_dir, atomic_files, check_new_files, check_output_location, require_space
 from yarnconv.storage.files import CONFIG, RECORD, copy_small, read_json, walk_files, write_json
 from yarnconv.storage.progress import progress_bar
-from yarnconv.storage.safetensors_out import TORCH, OutTensor, write_file
+from yarnconv.storage.safetensors_out import WIDTH, OutTensor, write_file
 from yarnconv.storage.sources import resolve
 from yarnconv.storage.weights import scan_weights
 
@@ -36,8 +36,8 @@ def _tensors(root: Path, raw: dict[str, Any], dtype: str | None) -> tuple[list[O
     target = DTYPES[dtype][0] if dtype else None
     notes, out = [], []
     for name, t in sorted(weights.tensors.items()):
-        cast = target if target and t.dtype in TORCH else t.dtype
-        if target and t.dtype not in TORCH:
+        cast = target if target and t.dtype in WIDTH else t.dtype
+        if target and t.dtype not in WIDTH:
             notes.append(f"{name} ({t.dtype}) is not a float tensor: copied unchanged")
         out.append(OutTensor(name, t, cast))
     return out, notes
@@ -100,6 +100,10 @@ def export_hf(
             if rel.suffix in (".safetensors", ".bin", ".pt", ".pth") or rel.name.endswith(".safetensors.index.json") or rel.as_posix() == CONFIG:
                 continue
             copy_small(root / rel, tmp / rel)
+        if (tmp / RECORD).is_file():  # the record says the weights are no longer the source's bytes (the card reads it)
+            made = read_json(tmp / RECORD, RECORD)
+            if isinstance(made, dict):
+                write_json(tmp / RECORD, {**made, "variant": {k: record[k] for k in ("dtype", "tensors", "bytes")} | {"shards": len(names)}})
     return record
 
 

@@ -146,6 +146,14 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     return out
 
 
+def read_safetensors_metadata(path: Path) -> dict[str, str]:
+    """The ``__metadata__`` strings of a safetensors file whose header :func:`read_safetensors_header` accepted."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        meta = json.loads(f.read(n).decode("utf-8")).get("__metadata__")
+    return meta if isinstance(meta, dict) else {}
+
+
 def _hf_shards(root: Path) -> list[Path]:
     """Without an index, the single-file checkpoint, or every safetensors file but Mistral's
     ``consolidated*`` copy of the same weights (and yarnconv's own sidecar)."""

@@ -220,7 +220,8 @@ def verify_model(
         reference = ReferenceModel(s.reference)
         planned = reference.logits(probe.tokens, probe.positions, spec=s.spec(), alone=alone).double().numpy()
         plain = reference.logits(probe.tokens, probe.positions, spec=s.spec(plain_block), alone=alone).double().numpy()
-        checks = engine_checks(s, probe, planned, plain, reference)
+        kept: dict[str, Any] = {}
+        checks = engine_checks(s, probe, planned, plain, reference, kept)
         base_near = plain[:near] if s.base_block == plain_block else reference.logits(probe.tokens[:near], spec=s.spec(s.base_block)).double().numpy()
         drifted = drift(base_near, planned[:near], np.array([*probe.tokens[1:near], -1]), seed=seed)
     report = {
@@ -234,6 +235,8 @@ def verify_model(
         "checks": [c.to_dict() for c in checks],
         "drift": {"base_rope": s.base_block.to_dict(), **drifted},
     }
+    if s.kind != "hf" or s.view.model_type in FAMILIES:
+        report["by_position"] = by_position(planned, kept.get("got"), probe)
     if passkey is not None:
         passkey = passkey or [s.original, s.max_position]
         report["passkey"], check = passkey_run(s, base_path, passkey, passkey_trials, seed, passkey_min, progress)
@@ -275,13 +278,29 @@ def passkey_run(s: Subject, base: Path | None, lengths: list[int], trials: int, 
     return passkey.run_passkey(engines, tokenize, decode, lengths, trials=trials, seed=seed, minimum=minimum, progress=progress)
 
 
+def by_position(planned: np.ndarray, got: np.ndarray | None, probe: Probe) -> dict[str, Any]:
+    """Per probe position: KL(reference || engine) and the engine's NLL of the next token (null where
+    the probe has no next token), for plots."""
+    from yarnconv.verify.logits import compare_logits, log_softmax
+
+    nxt = np.array([*probe.tokens[1:], -1])
+    nxt[probe.near - 1] = -1
+    out: dict[str, Any] = {"positions": list(probe.positions)}
+    if got is not None:
+        out["kl"] = [float(f"{k:.4g}") for k in compare_logits(planned, got).kl]
+        lp = log_softmax(np.asarray(got, dtype=np.float64))
+        out["nll"] = [None if t < 0 else float(f"{-lp[i, t]:.4g}") for i, t in enumerate(nxt)]
+    return out
+
+
 def rope_plain(s: Subject) -> Any:
     from yarnconv.config import RopeBlock
 
     return RopeBlock(theta=s.block.theta, partial_rotary_factor=s.block.partial_rotary_factor)
 
 
-def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: np.ndarray | None, reference: Any) -> list[Check]:
+def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: np.ndarray | None, reference: Any, keep: dict[str, Any] | None = None) -> list[Check]:
+    """The engine's checks; ``keep["got"]`` receives the engine's logits (for the by-position series)."""
     if s.kind == "hf":
         try:
             got, table = transformers_logits(s.path, probe.tokens, probe.positions, s.engine_dtype)
@@ -293,6 +312,8 @@ def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: n
         if planned is None or plain is None:
             why = f"the reference forward runs {', '.join(sorted(FAMILIES))}, not {s.view.model_type}: rope tables only"
             return [tables, skipped("transformers logits", why, LOGIT_BOUNDS), skipped("transformers applies the planned scaling", why)]
+        if keep is not None:
+            keep["got"] = got
         return [
             tables,
             *region_checks(planned, got, probe, s.original, "transformers", HALF_BOUNDS if half else LOGIT_BOUNDS, half=half),
@@ -301,13 +322,16 @@ def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: n
     from yarnconv.verify import gguf_checks, llama_cpp
 
     checks = [gguf_checks.keys_check(s), gguf_checks.context_check(s)]
-    if s.reference != s.path and s.gguf["arch"] == "llama":
-        from yarnconv.verify.weights import gguf_source
+    if s.base is not None and s.gguf["arch"] == "llama":
+        from yarnconv.verify.weights import Weights, gguf_source
 
-        checks.append(gguf_checks.qk_layout_check(s, gguf_source(s.path)[1], reference.weights))
+        base_weights = reference.weights if s.reference == s.base else Weights(s.base)
+        checks.append(gguf_checks.qk_layout_check(s, gguf_source(s.path)[1], base_weights))
     near, far = probe.tokens[: probe.near], probe.tokens[probe.near :]
     got = llama_cpp.gapped_logits(s.path, near, far, probe.positions[probe.near] if far else 0)
     bounds = gguf_checks.logit_bounds(s.weight_type, s.reference != s.path)
+    if keep is not None:
+        keep["got"] = got
     return [*checks, *region_checks(planned, got, probe, s.original, "llama.cpp", bounds), noop_check(planned, plain, got, probe.positions, s.original, "llama.cpp")]
 
 

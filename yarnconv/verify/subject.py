@@ -32,6 +32,7 @@ class Subject:
     layer_blocks: dict[str, RopeBlock] = field(default_factory=dict)  # the plan per layer type (Gemma 3)
     gguf: dict[str, Any] = field(default_factory=dict)  # header facts for the GGUF checks
     engine_dtype: str = "float32"  # transformers' load dtype
+    base: Path | None = None  # a GGUF's --base checkpoint: the plan, and layer 0's Q/K for the layout check
 
     @property
     def dim(self) -> int:
@@ -108,7 +109,10 @@ def gguf_subject(path: Path, base: Path | None) -> Subject:
     weight_type = max(sizes, key=lambda k: sizes[k]) if sizes else "F32"
     if base is not None:
         hf = hf_subject(base)
-        return Subject(path, "gguf", hf.view, hf.block, hf.base_block, f"--base {base}: {hf.intent}", base, weight_type=weight_type, gguf=facts)
+        # a quantized file runs against the reference on its own dequantized weights, with the base's
+        # plan: quantization loss is export --verify's separate measure, not a rope fault
+        reference = base if weight_type in ("F32", "F16", "BF16") else path
+        return Subject(path, "gguf", hf.view, hf.block, hf.base_block, f"--base {base}: {hf.intent}", reference, weight_type=weight_type, gguf=facts, base=base)
     view = read_config(config)
     block = keys.block()
     plain = RopeBlock(theta=block.theta)
