@@ -13,13 +13,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "yarnconv"
 # Lower layers never import higher ones. Rooms of one layer (hf, gguf) may import each other only
 # if that makes no cycle.
 LAYERS = [
-    {"errors", "options"},
+    {"errors", "options", "recipes"},
     {"rope", "families"},
     {"config"},
-    {"plan", "runtimes"},
+    {"plan", "runtimes", "jobs"},
     {"storage"},
     {"hf", "gguf"},
     {"verify"},
+    {"publish"},
     {"api"},
     {"cli", "__main__"},
 ]

@@ -17,7 +17,7 @@ The package, by room:
 from typing import Any
 
 __version__ = "0.1.0"
-_API = {"extend", "export", "inspect", "demo", "ExtendJob", "ExportJob", "GGUFOptions", "InspectJob", "DemoJob", "VerifyJob", "verify", "Result"}
+_API = {"extend", "export", "inspect", "demo", "verify", "hints", "run", "push", "ExtendJob", "ExportJob", "GGUFOptions", "InspectJob", "DemoJob", "VerifyJob", "RunJob", "PushJob", "Result"}
 
 
 def __getattr__(name: str) -> Any:

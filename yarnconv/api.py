@@ -23,129 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from yarnconv.errors import UsageError, YarnconvError
-from yarnconv.options import group, option, reject
-from yarnconv.plan import ExtendRequest
+from yarnconv.jobs import GGUF_SETTINGS, DemoJob, ExportJob, ExtendJob, GGUFOptions, InspectJob, PushJob, RunJob, VerifyJob, parse_size
+from yarnconv.options import reject
 
-OUTTYPES = ("auto", "f32", "f16", "bf16", "q8_0")
-ROPE_ROUTES = ("auto", "keys", "freqs")
-LINK_MODES = ("auto", "reflink", "hardlink", "copy")
-GGUF_SETTINGS = ["outtype", "gguf_rope", "pre_tokenizer", "split_max_size"]
-
-
-@dataclass(frozen=True)
-class GGUFOptions:
-    """How an HF checkpoint becomes GGUF (``export --gguf`` and ``extend --gguf``)."""
-
-    outtype: str | None = option(
-        help="GGUF type, or several comma-separated (one file each, -o DIR): auto (bf16 for bf16 weights, else f16), f32, f16, bf16, q8_0, "
-        "or llama.cpp's quant ladder q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s/m/l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, iq4_nl, iq4_xs (needs llama-cpp-python).",
-        shown="auto",
-    )
-    gguf_rope: str | None = option(
-        help="keys: llama.cpp's YaRN keys; freqs: an exact rope_freqs.weight tensor (llama family); auto: keys unless they lose settings.",
-        choices=ROPE_ROUTES,
-        shown="auto",
-    )
-    pre_tokenizer: str | None = option(help="llama.cpp pre-tokenizer name, when tokenizer.json's is not recognised.")
-    split_max_size: str | None = option(help="Split into shards of at most N bytes (e.g. 2G, 500M; decimal units).")
-
-    def split_bytes(self) -> int:
-        """``split_max_size`` in bytes (0: one file)."""
-        return parse_size(self.split_max_size, "--split-max-size")
-
-
-def parse_size(text: str | None, flag: str) -> int:
-    """``2G``, ``2GB``, ``500M`` or a byte count (decimal units, as transformers and llama.cpp use); 0 when not given."""
-    if not text:
-        return 0
-    units = {"K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
-    t = text.strip().upper().removesuffix("B")
-    try:
-        value = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-    except (ValueError, IndexError):
-        raise YarnconvError(f"{flag} {text!r} is not a size", "write it like 2GB, 500MB or 1000000") from None
-    if value <= 0:
-        raise YarnconvError(f"{flag} {text!r} is not a positive size", "write it like 2GB, 500MB or 1000000")
-    return value
-
-
-@dataclass(frozen=True)
-class ExtendJob:
-    """Everything ``yarnconv extend`` takes besides the model."""
-
-    output: str | None = option(
-        help="Output directory; with --gguf or a .gguf MODEL, a .gguf file or directory.", short="-o", kind=os.PathLike
-    )
-    in_place: bool = option(False, "GGUF MODEL: edit its header in place (only when the new keys fit).")
-    gguf: bool = option(False, "Write a GGUF file instead of an HF checkpoint (extend and export in one go).")
-    export: GGUFOptions = group(GGUFOptions)
-    rope: ExtendRequest = group(ExtendRequest)
-    link: str | None = option(
-        help="How weight files reach the output; auto tries reflink, hardlink, then copy.", choices=LINK_MODES, shown="auto"
-    )
-    precompute_inv_freq: bool = option(False, "Also write yarnconv_rope.safetensors with the final inverse frequencies.")
-    revision: str | None = option(help="Hub revision, when MODEL is a Hub id.")
-    dry_run: bool = option(False, "Show the plan and the new rope config; write nothing.")
-    verify: bool = option(False, "Run verify's checks on the output right after writing it (transformers for HF, llama.cpp for GGUF); a failure exits 1 and keeps the output.")
-
-
-@dataclass(frozen=True)
-class ExportJob:
-    """Everything ``yarnconv export`` takes besides the model."""
-
-    gguf: bool = option(False, "Write GGUF for llama.cpp.")
-    hf: bool = option(False, "Write an HF checkpoint directory, cast with --dtype and resharded with --max-shard-size.")
-    safetensors: bool = option(False, "Write one .safetensors file holding every tensor, config.json and yarnconv.json in its metadata.")
-    output: str | None = option(
-        help="Output .gguf file, or a directory for llama.cpp's naming.", short="-o", kind=os.PathLike, required=True
-    )
-    export: GGUFOptions = group(GGUFOptions)
-    name: str | None = option(help="Model name for general.name and the file name (default: the directory or Hub name).")
-    dtype: str | None = option(help="--hf / --safetensors: cast float tensors to this dtype (default: unchanged).", choices=("f32", "f16", "bf16"))
-    max_shard_size: str | None = option(help="--hf: shards of at most this size, e.g. 2GB (default: one file).")
-    force: bool = option(False, "Overwrite existing output files.")
-    dry_run: bool = option(False, "Show what would be written; write nothing.")
-    verify: bool = option(False, "Run verify's checks on the GGUF in llama.cpp right after writing it (MODEL as --base); a failure exits 1 and keeps the output.")
-
-
-@dataclass(frozen=True)
-class InspectJob:
-    """What ``yarnconv inspect`` takes besides the model."""
-
-    revision: str | None = option(help="Hub revision, when MODEL is a Hub id.")
-
-
-@dataclass(frozen=True)
-class DemoJob:
-    """What ``yarnconv demo`` takes."""
-
-    output: str = option("demo-out", "Output directory (the GGUF goes beside it as OUTPUT.gguf).", short="-o", kind=os.PathLike)
-    scale: float = option(4.0, "YaRN factor for the demo.", kind=float)
-
-
-@dataclass(frozen=True)
-class VerifyJob:
-    """What ``yarnconv verify`` takes besides the model."""
-
-    base: str | None = option(
-        help="The checkpoint MODEL came from: for a GGUF, the HF directory it was exported from (the reference runs its weights); for an HF output, the model it was extended from.",
-        kind=os.PathLike,
-    )
-    tokens: int = option(256, "Probe length: half below the original context, half ending at the new context's last position.", kind=int)
-    seed: int = option(0, "Seed of the probe's token ids and text choice.", kind=int)
-    text: str | None = option(help="Probe text file, through the model's own tokenizer (default: Python's standard-library sources on this machine).", kind=os.PathLike)
-    seeded: bool = option(False, "Probe with seeded random token ids instead of text.")
-    passkey: bool = option(False, "Also run passkey retrieval (a 5-digit key hidden in filler text), beside --base for HF outputs.")
-    lengths: str | None = option(help="Passkey prompt lengths, e.g. 8k,16k,32k (default: the original and the new context).")
-    passkey_trials: int = option(2, "Passkey trials per length and depth (5 depths).", kind=int)
-    passkey_min: float | None = option(help="Fail unless the extended model's passkey accuracy reaches this at every length (0-1).", kind=float)
-    dtype: str | None = option(
-        help="transformers' load dtype; auto: float32 when the model fits in 60% of free memory, else the checkpoint's half precision (looser bounds).",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        shown="auto",
-    )
-    report: str | None = option(help="Also write the report to this JSON file.", kind=os.PathLike)
-
+__all__ = ["DemoJob", "ExportJob", "ExtendJob", "GGUFOptions", "InspectJob", "PushJob", "Result", "RunJob", "VerifyJob", "parse_size"]
 
 @dataclass
 class Result:
@@ -207,6 +88,8 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
             route=job.export.gguf_rope or "auto",
             pre_tokenizer=job.export.pre_tokenizer,
             split_max_size=job.export.split_bytes(),
+            imatrix=job.export.imatrix,
+            quant_loss=_quant_loss if job.verify else None,
             force=job.rope.force,
             dry_run=job.dry_run,
             progress=progress,
@@ -228,7 +111,25 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
         revision=job.revision,
         progress=progress,
     )
-    return _verified(Result("extend", route, record), job.output, None, job.verify)
+    return _carded(_verified(Result("extend", route, record), job.output, None, job.verify), job.output)
+
+
+def _carded(result: Result, folder: Any) -> Result:
+    """The model card (README.md, with its figure and any verify report) in a checkpoint just written."""
+    from pathlib import Path
+
+    from yarnconv.publish.card import write_card
+
+    if not result.record.get("dry_run"):
+        result.record["card"] = str(write_card(Path(folder), figure=False))
+    return result
+
+
+def _quant_loss(float_file: Any, quantized: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``--verify`` on quantized GGUF types: each one's KL against the float file (verify.quant)."""
+    from yarnconv.verify.quant import quant_loss
+
+    return quant_loss(float_file, quantized)
 
 
 def _verified(result: Result, target: Any, base: Any, wanted: bool) -> Result:
@@ -269,6 +170,8 @@ def export(model: str | os.PathLike[str], job: ExportJob, *, progress: bool = Tr
         route=job.export.gguf_rope or "auto",
         pre_tokenizer=job.export.pre_tokenizer,
         split_max_size=job.export.split_bytes(),
+        imatrix=job.export.imatrix,
+        quant_loss=_quant_loss if job.verify else None,
         name=job.name,
         force=job.force,
         dry_run=job.dry_run,
@@ -293,13 +196,18 @@ def _export_hf(model: str | os.PathLike[str], job: ExportJob, fmt: str, progress
         return Result("export", fmt, record)
     size = parse_size(job.max_shard_size, "--max-shard-size")
     record = export_hf(model, job.output, dtype=job.dtype, max_shard_size=size, force=job.force, dry_run=job.dry_run, progress=progress)  # type: ignore[arg-type]
-    return _verified(Result("export", fmt, record), job.output, None, job.verify)
+    return _carded(_verified(Result("export", fmt, record), job.output, None, job.verify), job.output)
 
 
 def inspect(model: str | os.PathLike[str], job: InspectJob = InspectJob()) -> Result:
     """``yarnconv inspect``: describe a checkpoint or GGUF file and what each runtime makes of it."""
     text = os.fspath(model)
     revision = job.revision
+    if text.endswith(".safetensors") and os.path.isfile(text):
+        reject(job, ["revision"], "a safetensors file")
+        from yarnconv.hf.report import inspect_safetensors
+
+        return Result("inspect", "safetensors", inspect_safetensors(model))
     if text.endswith(".gguf") or os.path.isfile(text):
         if revision is not None:
             raise UsageError("--revision does not apply to a GGUF file", "drop it")
@@ -311,11 +219,39 @@ def inspect(model: str | os.PathLike[str], job: InspectJob = InspectJob()) -> Re
     return Result("inspect", "hf", inspect_model(model, revision=revision))
 
 
+def hints(model: str | os.PathLike[str]) -> Result:
+    """``yarnconv hints``: the launch command for each runtime (transformers, vLLM, SGLang, llama.cpp,
+    ollama) sized to the extended context, and the KV cache that context needs per cache dtype."""
+    from yarnconv.publish.hints import hints as launch_hints
+
+    return Result("hints", "gguf" if os.fspath(model).endswith(".gguf") else "hf", launch_hints(model))
+
+
+def push(folder: str | os.PathLike[str], repo_id: str, job: PushJob = PushJob(), *, progress: bool = True) -> Result:
+    """``yarnconv push``: publish an output folder (checkpoint or GGUF) to the Hub in one commit, the
+    card refreshed first; only files yarnconv wrote or copied go up."""
+    from yarnconv.publish.hub import push as publish
+
+    patterns = {k: [p.strip() for p in (getattr(job, k) or "").split(",") if p.strip()] or None for k in ("include", "exclude")}
+    record = publish(folder, repo_id, private=job.private, revision=job.revision, create_pr=job.create_pr, commit_message=job.commit_message, dry_run=job.dry_run, progress=progress, **patterns)
+    return Result("push", "dry-run" if job.dry_run else "hub", record)
+
+
 def demo(job: DemoJob = DemoJob(), *, progress: bool = True) -> Result:
     """``yarnconv demo``: extend the built-in SmolLM2, export it, and check both runtimes agree."""
     from yarnconv.verify.demo import run_demo
 
     data, checks = run_demo(job.output, job.scale, progress=progress)
+    from pathlib import Path
+
+    from yarnconv.publish.card import write_card
+    from yarnconv.publish.hub import push as publish
+
+    out = Path(job.output)
+    data["card"] = str(write_card(out))  # with verify's report and the figure
+    name = f"SmolLM2-135M-Instruct-YaRN-{data['extend']['max_position_embeddings']['after'] // 1024}k"
+    planned = publish(out, f"your-name/{name}", dry_run=True)
+    data["push_dry_run"] = {k: planned[k] for k in ("repo_id", "bytes", "left_out")} | {"files": [f["path"] for f in planned["files"]]}
     return Result("demo", "builtin:smollm2", data, ok=data["ok"], details={"checks": checks})
 
 
@@ -350,3 +286,86 @@ def verify(model: str | os.PathLike[str], job: VerifyJob = VerifyJob(), *, progr
     if job.report:
         save_report(Path(job.report), report)
     return Result("verify", report["kind"], report, ok=report["ok"], details={"checks": checks})
+
+
+def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: bool = True) -> Result:
+    """``yarnconv run RECIPE``: extend, export and verify as a TOML recipe says (a file, or a shipped
+    recipe by name), then write the model cards and, with ``--push``, publish. The checkpoint goes
+    to OUTPUT (in the recipe's [hf] dtype and shards), GGUF files to OUTPUT-GGUF/ (a GGUF repo beside
+    the model repo, as the Hub names them); the recipe is saved into OUTPUT."""
+    import dataclasses
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from yarnconv.publish.recipe import as_dict, load_recipe
+
+    r = load_recipe(recipe)
+    model = job.model or r.model
+    if not model:
+        raise UsageError(f"{r.path} names no [source] model", "pass --model DIR (or a Hub id)")
+    if job.push and r.push is None:
+        raise UsageError(f"{r.path} has no [push] table to push to", 'add [push] repo = "name", or drop --push')
+    rope = dataclasses.replace(r.extend, force=job.force)
+    revision = r.revision if not job.model else None
+    record: dict[str, Any] = {"dry_run": job.dry_run, **as_dict(r), "model": str(model), "steps": _steps(r, model, str(job.output or "OUTPUT"), job.push)}
+    if job.dry_run:
+        record["plan"] = extend(model, ExtendJob(rope=rope, revision=revision, dry_run=True), progress=False).record
+        return Result("run", "dry-run", record)
+    if job.output is None:
+        raise UsageError("no output given", "pass -o DIR, or --dry-run to see the plan")
+    out = Path(job.output)
+    gguf_dir = out.parent / f"{out.name}-GGUF"
+    checks = r.verify is not None
+    ext_job = ExtendJob(output=str(out), rope=rope, link=r.link, precompute_inv_freq=r.precompute_inv_freq, revision=revision, verify=checks and r.hf is None)
+    if r.hf is None:
+        record["extend"] = extend(model, ext_job, progress=progress).record
+    else:  # extend beside the output, then write the checkpoint in the recipe's dtype and shards
+        out.absolute().parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".yarnconv-run-", dir=out.absolute().parent)) / "extended"
+        try:
+            record["extend"] = extend(model, dataclasses.replace(ext_job, output=str(scratch)), progress=progress).record
+            hf_job = ExportJob(hf=True, output=str(out), dtype=r.hf.get("dtype"), max_shard_size=r.hf.get("max_shard_size"), force=job.force, verify=checks)
+            record["hf"] = export(scratch, hf_job, progress=progress).record
+        finally:
+            shutil.rmtree(scratch.parent, ignore_errors=True)
+    (out / "yarnconv-recipe.toml").write_text(r.text, encoding="utf-8")
+    if r.gguf is not None:
+        gguf_job = ExportJob(gguf=True, output=os.path.join(str(gguf_dir), ""), export=r.gguf, force=job.force, verify=checks)
+        record["gguf"] = export(out, gguf_job, progress=progress).record
+    if r.verify is not None and r.verify.passkey:
+        from yarnconv.storage.sources import resolve
+
+        record["passkey"] = verify(out, dataclasses.replace(r.verify, base=str(resolve(model, revision).path)), progress=progress).record
+    from yarnconv.publish.card import write_card
+
+    record["cards"] = [str(write_card(out))] + ([str(write_card(gguf_dir, gguf=True, record_dir=out))] if r.gguf is not None else [])
+    if job.push and r.push is not None:
+        from yarnconv.publish.hub import full_repo_id
+
+        repo, settings = full_repo_id(r.push["repo"]), PushJob(private=bool(r.push.get("private")))
+        record["push"] = [push(out, repo, settings, progress=progress).record]
+        if r.gguf is not None:
+            record["push"].append(push(gguf_dir, f"{repo}-GGUF", settings, progress=progress).record)
+    return Result("run", "recipe", record)
+
+
+def _steps(r: Any, model: str, out: str, pushing: bool) -> list[str]:
+    hf = f", then written as {r.hf.get('dtype', 'the same dtype')}" + (f" in shards of {r.hf['max_shard_size']}" if r.hf.get("max_shard_size") else "") if r.hf else ""
+    steps = [f"extend {model} -> {out} ({', '.join(f'{k} {v}' for k, v in _given(r.extend).items())}){hf}"]
+    if r.gguf is not None:
+        steps.append(f"export GGUF {r.gguf.outtype} -> {out}-GGUF/")
+    if r.verify is not None:
+        steps.append("verify each output right after writing it" + (", then passkey retrieval beside the source" if r.verify.passkey else ""))
+    steps.append(f"save the recipe as {out}/yarnconv-recipe.toml, and a model card (README.md) in each output folder")
+    if r.push is not None:
+        where = f"{r.push['repo']}" + (" (private)" if r.push.get("private") else "")
+        steps.append(("" if pushing else "with --push: ") + f"push {out} -> {where}" + (f", {out}-GGUF -> {r.push['repo']}-GGUF" if r.gguf is not None else ""))
+    return steps
+
+
+def _given(request: Any) -> dict[str, Any]:
+    from yarnconv.options import given
+
+    return {name: getattr(request, name) for name in given(request) if name != "force"}
+

@@ -36,11 +36,13 @@ def os_error_line(exc: OSError) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         import shutil
 
-        try:
-            free = shutil.disk_usage(os.path.dirname(os.path.abspath(str(where))) or ".").free
-            room = f", {free / 1e6:.1f} MB free there"
-        except OSError:
-            room = ""
+        room = ""
+        if exc.filename:  # without a path, the free space of some other directory would mislead
+            here = os.path.dirname(os.path.abspath(str(where)))
+            while not os.path.isdir(here) and here != os.path.dirname(here):  # the scratch dir is gone by now
+                here = os.path.dirname(here)
+            with contextlib.suppress(OSError):
+                room = f", {shutil.disk_usage(here).free / 1e6:.1f} MB free there"
         return f"no space left on device while writing {where}{room} (free some space or choose another -o; nothing was kept)"
     if exc.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied: {where} (check its permissions, or choose another path)"
@@ -52,7 +54,7 @@ def os_error_line(exc: OSError) -> str:
 
 
 # command name -> module under yarnconv.cli; imported only when that command runs (start-up cost)
-COMMANDS = {"demo": "demo_cmd", "export": "export_cmd", "extend": "extend_cmd", "inspect": "inspect_cmd", "verify": "verify_cmd"}
+COMMANDS = {"demo": "demo_cmd", "export": "export_cmd", "extend": "extend_cmd", "hints": "hints_cmd", "inspect": "inspect_cmd", "push": "push_cmd", "run": "run_cmd", "verify": "verify_cmd"}
 
 
 class _Group(click.Group):
@@ -110,6 +112,9 @@ def main() -> None:
       yarnconv inspect ./llama-2-7b
       yarnconv extend ./llama-2-7b --scale 16 -o llama-2-7b-yarn-64k
       yarnconv extend Qwen/Qwen2.5-7B-Instruct --target-context 131072 -o qwen-128k
+      yarnconv run smollm2-135m-32k -o smollm2-32k
+      yarnconv hints smollm2-32k
+      yarnconv push smollm2-32k me/SmolLM2-135M-Instruct-YaRN-32k --dry-run
       yarnconv demo
     """
     if hasattr(signal, "SIGTERM"):

@@ -47,6 +47,9 @@ def demo(as_json: bool, **settings: Any) -> None:
         for kind, v in r["verify"].items():
             engine = "transformers" if kind == "hf" else "llama.cpp"
             click.echo(f"verify in {engine} against the reference forward (probes to position 32767): {'OK' if v['ok'] else 'FAILED'}, {v['checks']} checks ({v['saved']})")
+        p = r["push_dry_run"]
+        click.echo(f"model card: {r['card']} (with its figure and the verify results)")
+        click.echo(f"push (dry run): would send {len(p['files'])} files, {p['bytes'] / 1e6:.1f} MB to {p['repo_id']}: yarnconv push {r['extend']['output']} YOU/NAME")
         for c in result.details["checks"]:
             if c.status == "failed":
                 click.echo(f"MISMATCH: {c.name}: {c.reason}")

@@ -1,0 +1,171 @@
+"""The model card (README.md) of an extended checkpoint or its GGUF folder, through huggingface_hub's
+``ModelCard`` / ``ModelCardData``.
+
+Metadata: ``base_model`` (the Hub id the source came from, when known), ``base_model_relation``
+``quantized`` for a GGUF folder and none otherwise (only the config changed: no finetune, adapter or
+merge claim), tags, ``library_name``, and the license the source's own card declares. The text: the
+YaRN table, what static YaRN costs and recovers (the paper), the verify results when a report is
+there, the recipe when one was used, and the launch commands from :mod:`yarnconv.publish.hints`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from yarnconv import rope
+from yarnconv.errors import YarnconvError
+from yarnconv.publish.hints import hints
+from yarnconv.storage.files import RECORD, read_json
+
+CARD = "README.md"
+REPORT = "yarnconv-verify.json"
+RECIPE = "yarnconv-recipe.toml"
+TAGS = ["yarn", "long-context", "rope-scaling", "yarnconv"]
+STATIC_NOTE = (
+    "This is static YaRN without fine-tuning: every position uses the scaled frequencies, so prompts far shorter "
+    "than the original context may lose a little quality, and the base model stays better below its original "
+    "length. The YaRN paper (Peng et al. 2023, arXiv:2309.00071) recovers most of the gap with a short fine-tune "
+    "on long documents (about 400 steps for Llama 2)."
+)
+
+
+def base_model(record: dict[str, Any], root: Path) -> str | None:
+    """The Hub id the extended model came from, when yarnconv can tell."""
+    src = record.get("source") or {}
+    if src.get("kind") == "hub":
+        return src.get("ref")
+    for where in (root / "SOURCE.json", Path(src.get("path") or "") / "SOURCE.json"):
+        if where.is_file():
+            return json.loads(where.read_text()).get("hub_id")
+    return None
+
+
+def _source_license(root: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """license, license_name and license_link from the source's own card (copied beside the weights)."""
+    from huggingface_hub import ModelCard
+
+    for card in (Path((record.get("source") or {}).get("path") or "") / CARD, root / CARD):
+        if card.is_file():
+            try:
+                data = ModelCard.load(card).data.to_dict()
+            except Exception:  # noqa: BLE001 - a broken source card only loses the license
+                continue
+            found = {k: data[k] for k in ("license", "license_name", "license_link") if data.get(k)}
+            if found:  # the source's card, else our own earlier card (which carried the source's license)
+                return found
+    return {}
+
+
+def build_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None, figure: bool = True) -> str:
+    """The card text for the checkpoint directory ``root`` (or, with ``gguf``, the folder of GGUF
+    files made from the checkpoint at ``record_dir``)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    home = record_dir or root
+    if not (home / RECORD).is_file():
+        raise YarnconvError(f"{home} has no {RECORD}: not a yarnconv output", "write the card for what yarnconv extend or run wrote")
+    record = read_json(home / RECORD, RECORD)
+    base = base_model(record, home)
+    meta: dict[str, Any] = {"tags": TAGS + (["gguf"] if gguf else []), "pipeline_tag": "text-generation", **_source_license(home, record)}
+    if base:
+        meta["base_model"] = base
+        if gguf:
+            meta["base_model_relation"] = "quantized"
+    if not gguf:
+        meta["library_name"] = "transformers"
+    data = ModelCardData(**meta)
+    body = _body(root, home, record, base, gguf, figure)
+    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+    return str(card)
+
+
+def _body(root: Path, home: Path, record: dict[str, Any], base: str | None, gguf: bool, figure: bool) -> str:
+    after = record.get("rope_after") or {}
+    ctx = record.get("max_position_embeddings") or {}
+    factor, original = after.get("factor"), after.get("original_context")
+    attention = after.get("attention_factor") or (rope.mscale(factor) if factor else None)
+    name = root.name
+    lines = [f"# {name}", ""]
+    what = f"[{base}](https://huggingface.co/{base})" if base else "its source model"
+    variant = record.get("variant") or {}
+    if gguf:
+        weights = "These are GGUF files for llama.cpp; the YaRN keys are in each file."
+    elif variant.get("dtype", "unchanged") != "unchanged":
+        weights = f"The weights are the base model's cast to {variant['dtype']} (as torch's tensor.to casts them) in {variant.get('shards')} shard(s); nothing else about them changed."
+    else:
+        weights = "Only the configuration changed (config.json, and the tokenizer's maximum length): the weights are the base model's, byte for byte."
+    lines.append(f"{what} with its context extended from {ctx.get('before')} to {ctx.get('after')} tokens by YaRN RoPE scaling, written by yarnconv {record.get('yarnconv_version')}. {weights}")
+    lines += ["", "## YaRN", "", "| setting | value |", "|---|---|"]
+    rows = [("method", after.get("rope_type")), ("factor s", factor), ("original context L", original), ("new context", ctx.get("after")), ("rope theta", after.get("theta")), ("beta_fast / beta_slow", f"{after.get('beta_fast')} / {after.get('beta_slow')}"), ("attention factor", f"{attention:.6g}" if attention else None)]
+    lines += [f"| {k} | {v} |" for k, v in rows if v is not None]
+    lines += ["", STATIC_NOTE, ""]
+    from yarnconv.publish import plot
+
+    if (figure and plot.available()) or (root / plot.PNG).is_file():
+        lines += [f"![Which RoPE dimensions YaRN keeps, blends or interpolates; verify's KL and NLL by position]({plot.PNG})", ""]
+    lines += _verify_section(root, gguf)
+    if (home / RECIPE).is_file():
+        lines += ["## Recipe", "", "```toml", (home / RECIPE).read_text().rstrip(), "```", ""]
+    lines += _launch_section(root, gguf)
+    return "\n".join(lines) + "\n"
+
+
+def _verify_section(root: Path, gguf: bool) -> list[str]:
+    reports = sorted(root.glob("*.gguf.verify.json")) if gguf else [root / REPORT] if (root / REPORT).is_file() else []
+    if not reports:
+        return ["## Verification", "", "Not run for this output: `yarnconv verify` writes the report the card shows.", ""]
+    out = ["## Verification", "", "`yarnconv verify` ran the model in its runtime against yarnconv's reference forward with the planned rope:", ""]
+    for path in reports:
+        report = json.loads(path.read_text())
+        head = f"**{path.name.removesuffix('.verify.json')}**: " if gguf else ""
+        passed = sum(c["status"] == "passed" for c in report["checks"])
+        out.append(f"{head}{report.get('engine')}, {passed} of {len(report['checks'])} checks passed ({'ok' if report.get('ok') else 'FAILED'}).")
+        out += ["", "| check | status | KL mean |", "|---|---|---|"]
+        for c in report["checks"]:
+            kl = (c.get("measured") or {}).get("kl_mean")
+            out.append(f"| {c['name']} | {c['status']} | {'' if kl is None else f'{kl:.3g}'} |")
+        out.append("")
+    return out
+
+
+def _launch_section(root: Path, gguf: bool) -> list[str]:
+    targets = sorted(root.glob("*.gguf")) if gguf else [root]
+    if not targets:
+        return []
+    h = hints(targets[0])
+    out = ["## Run it", ""]
+    for row in h["runtimes"]:
+        if row.get("command"):
+            command = row["command"].replace(str(targets[0]), targets[0].name)  # as after downloading the repo
+            out += [f"**{row['runtime']}**", "", "```bash", command, "```", ""]
+    kv = h.get("kv_cache_bytes") or {}
+    if kv:
+        out.append(f"KV cache at {h['context']} tokens, one sequence: " + ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in kv.items()) + ".")
+        out.append("")
+    return out
+
+
+def write_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None, figure: bool = True) -> Path:
+    """Write (or refresh) ``root/README.md`` whole (a temporary file renamed over it), and with
+    ``figure`` its PNG when matplotlib is installed (extend and export leave the figure to run, demo
+    and push: drawing it costs seconds)."""
+    text = build_card(root, gguf=gguf, record_dir=record_dir, figure=figure)  # refuses a folder that is not yarnconv's
+    from yarnconv.publish import plot
+
+    if figure and plot.available():
+        home = record_dir or root
+        record = read_json(home / RECORD, RECORD)
+        from yarnconv.config import read_config
+        from yarnconv.storage.files import CONFIG
+
+        view = read_config(read_json(home / CONFIG, CONFIG))
+        reports = sorted(root.glob("*.gguf.verify.json")) if gguf else [root / REPORT]
+        report = next((json.loads(p.read_text()) for p in reports if p.is_file()), None)
+        plot.rope_figure(record.get("rope_after") or {}, view.rope_head_dim or view.head_dim or 0, root / plot.PNG, (report or {}).get("by_position"))
+
+    tmp = root / f".{CARD}.tmp"
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(root / CARD)
+    return root / CARD

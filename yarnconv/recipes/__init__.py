@@ -1,0 +1,1 @@
+"""Shipped recipes (TOML files, package data): ``yarnconv run NAME`` finds them by name."""
