@@ -114,6 +114,18 @@ def test_kill_9_leftovers_are_swept_by_the_next_run(tmp_path: Path) -> None:
     assert scratch(tmp_path) == []
 
 
+def test_a_recipe_run_killed_with_9_is_swept_by_the_next_run(tmp_path: Path) -> None:
+    src = big_checkpoint(tmp_path / "src", 3_000_000_000)
+    recipe = tmp_path / "big.toml"  # [hf] dtype: extended into the run's scratch, then cast into the output's
+    recipe.write_text(f'[source]\nmodel = "{src}"\n[extend]\nscale = 2.0\n[hf]\ndtype = "bf16"\n')
+    done = _run_and_signal(["run", recipe, "-o", tmp_path / "out", "-q"], signal.SIGKILL, tmp_path)
+    assert done.returncode == -signal.SIGKILL
+    assert {name.split("-")[1] for name in scratch(tmp_path)} == {"run", "tmp"}, scratch(tmp_path)
+    small = write_checkpoint(tmp_path / "small", tiny_config("llama"), shards=1)
+    assert yarnconv("extend", small, "-o", tmp_path / "out2", "--scale", "2", "-q").returncode == 0
+    assert scratch(tmp_path) == []
+
+
 def test_disk_full_is_one_line_and_leaves_nothing(tmp_path: Path, tmpfs: Path, smollm2_dir: Path) -> None:
     src = big_checkpoint(tmp_path / "src", 60_000_000)
     planned = one_error_line(yarnconv("extend", src, "-o", tmpfs / "a" / "b", "--scale", "2", "--link", "copy"))

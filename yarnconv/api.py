@@ -295,7 +295,6 @@ def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: boo
     the model repo, as the Hub names them); the recipe is saved into OUTPUT."""
     import dataclasses
     import shutil
-    import tempfile
     from pathlib import Path
 
     from yarnconv.publish.recipe import as_dict, load_recipe
@@ -321,8 +320,12 @@ def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: boo
     if r.hf is None:
         record["extend"] = extend(model, ext_job, progress=progress).record
     else:  # extend beside the output, then write the checkpoint in the recipe's dtype and shards
+        from yarnconv.storage.atomic import scratch_path, sweep_stale
+
         out.absolute().parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".yarnconv-run-", dir=out.absolute().parent)) / "extended"
+        sweep_stale(out.absolute().parent)  # a run killed with -9 left its scratch here
+        scratch = scratch_path(out.absolute().parent, "run") / "extended"
+        scratch.parent.mkdir()
         try:
             record["extend"] = extend(model, dataclasses.replace(ext_job, output=str(scratch)), progress=progress).record
             hf_job = ExportJob(hf=True, output=str(out), dtype=r.hf.get("dtype"), max_shard_size=r.hf.get("max_shard_size"), force=job.force, verify=checks)
