@@ -107,6 +107,8 @@ def test_smollm2_recipe_runs_end_to_end(smollm2_dir: Path, tmp_path: Path) -> No
     assert hf_card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and hf_card.data.to_dict().get("base_model_relation") is None
     assert gguf_card.data.base_model_relation == "quantized" and "gguf" in gguf_card.data.tags
     assert "passed" in hf_card.text and "llama.cpp, 6 of 6 checks passed" in gguf_card.text and "[extend]" in gguf_card.text
+    for v in r["gguf"]["variants"]:  # what each quantized type cost, as the export measured it
+        assert f"| {Path(v['output']).name} | " in gguf_card.text and f"| {v['vs_float']['kl_mean']:.4f} |" in gguf_card.text
     for folder in (out, tmp_path / "smollm2-32k-GGUF"):  # the figure: a real PNG the card embeds
         png = folder / "yarnconv-rope.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "(yarnconv-rope.png)" in (folder / "README.md").read_text()

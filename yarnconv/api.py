@@ -183,6 +183,14 @@ def export(model: str | os.PathLike[str], job: ExportJob, *, progress: bool = Tr
         result = _verified(result, v["output"], base, job.verify)
         if "verify" in result.record:
             v["verify"] = {k: result.record["verify"][k] for k in ("ok", "saved")}
+            if "vs_float" in v:  # the report beside the file keeps what quantization cost (the card shows it)
+                import json
+                from pathlib import Path
+
+                from yarnconv.verify.run import save_report
+
+                saved = Path(v["verify"]["saved"])
+                save_report(saved, {**json.loads(saved.read_text()), "vs_float": v["vs_float"]})
     return result
 
 

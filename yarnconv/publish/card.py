@@ -117,6 +117,7 @@ def _verify_section(root: Path, gguf: bool) -> list[str]:
     if not reports:
         return ["## Verification", "", "Not run for this output: `yarnconv verify` writes the report the card shows.", ""]
     out = ["## Verification", "", "`yarnconv verify` ran the model in its runtime against yarnconv's reference forward with the planned rope:", ""]
+    out += _quant_table(reports)
     for path in reports:
         report = json.loads(path.read_text())
         head = f"**{path.name.removesuffix('.verify.json')}**: " if gguf else ""
@@ -128,6 +129,20 @@ def _verify_section(root: Path, gguf: bool) -> list[str]:
             out.append(f"| {c['name']} | {c['status']} | {'' if kl is None else f'{kl:.3g}'} |")
         out.append("")
     return out
+
+
+def _quant_table(reports: list[Path]) -> list[str]:
+    """What each quantized type cost against the float file it was made from (export --verify)."""
+    rows, q = [], {}
+    for path in reports:
+        gguf = path.with_name(path.name.removesuffix(".verify.json"))
+        if (found := json.loads(path.read_text()).get("vs_float")) and gguf.is_file():
+            q = found
+            rows.append(f"| {gguf.name} | {gguf.stat().st_size / 1e6:,.1f} MB | {q['kl_mean']:.4f} | {q['kl_p99']:.3f} | {q['same_top1']:.1%} |")
+    if not rows:
+        return []
+    head = f"Each quantized file against the {str(q.get('against', 'float')).upper()} file it was quantized from, in llama.cpp, over {q.get('tokens')} tokens ({q.get('source')}); KL as `llama-perplexity --kl-divergence` reports it:"
+    return [head, "", "| file | size | KL mean | KL 99% | same top-1 |", "|---|---|---|---|---|", *rows, ""]
 
 
 def _launch_section(root: Path, gguf: bool) -> list[str]:
