@@ -11,6 +11,7 @@ import json
 import os
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,6 @@ from test_gguf import run_cli, tiny_with_tokenizer
 
 from yarnconv.cli import main
 from yarnconv.gguf.file import PAD_KEY, read_header
-from yarnconv.gguf.quantize import quantize
 
 pytestmark = pytest.mark.needs("llama_cpp")
 
@@ -59,6 +59,15 @@ def test_ladder_writes_one_file_per_type_with_the_yarn_keys(extended: Path, tmp_
     assert code == 0  # llama.cpp runs it as its keys say, against the reference on its own dequantized weights
 
 
+def llama_quantize(src: Path, dst: Path, outtype: str) -> None:
+    """llama.cpp's quantizer with its default parameters, as llama-quantize calls it (llama-cpp-python's
+    ``llama_model_quantize``, in a child: an abort must not take the test run with it)."""
+    code = "import ctypes, sys, llama_cpp as l\np = l.llama_model_quantize_default_params(); p.ftype = int(sys.argv[3]); p.nthread = 2\nsys.exit(l.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))"
+    ftype = {"q4_0": 2, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18, "q8_0": 7}[outtype]  # llama.h's enum llama_ftype
+    done = subprocess.run([sys.executable, "-c", code, str(src), str(dst), str(ftype)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_tensor_data_identical_to_converter_then_quantizer(extended: Path, tmp_path: Path, converter_python: Path) -> None:
     theirs_f16 = tmp_path / "theirs-f16.gguf"
     done = subprocess.run(
@@ -69,7 +78,7 @@ def test_tensor_data_identical_to_converter_then_quantizer(extended: Path, tmp_p
     run_cli("export", str(extended), "--gguf", "--outtype", "q4_k_m,q6_k", "-o", str(out), "-q")
     for t in ("q4_k_m", "q6_k"):
         theirs = tmp_path / f"theirs-{t}.gguf"
-        quantize(theirs_f16, theirs, t)
+        llama_quantize(theirs_f16, theirs, t)
         (ours,) = out.glob(f"*-{t.upper()}.gguf")
         assert _tensors(ours) == _tensors(theirs), t
 
@@ -251,8 +260,8 @@ def test_q8_0_in_a_ladder_comes_from_llama_cpp_with_the_converters_bytes(extende
     from yarnconv.gguf import quantize as q
 
     made: list[str] = []
-    real = q.quantize
-    monkeypatch.setattr(q, "quantize", lambda src, dst, t, **kw: (made.append(t), real(src, dst, t, **kw))[1])
+    real = q.quantize_all
+    monkeypatch.setattr(q, "quantize_all", lambda src, targets, **kw: (made.extend(targets), real(src, targets, **kw))[1])
     assert CliRunner().invoke(main, ["export", str(extended), "--gguf", "--outtype", "f32,q8_0,q4_0", "-o", str(tmp_path / "ladder"), "-q"]).exit_code == 0
     assert made == ["q8_0", "q4_0"]
     made.clear()  # an f16 intermediate of f32 weights is not lossless: Q8_0 is encoded from the f32 source

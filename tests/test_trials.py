@@ -126,6 +126,30 @@ def test_a_recipe_run_killed_with_9_is_swept_by_the_next_run(tmp_path: Path) -> 
     assert scratch(tmp_path) == []
 
 
+def test_sigterm_mid_ladder_kills_the_quantizers_and_leaves_nothing(tmp_path: Path, smollm2_dir: Path) -> None:
+    src = exportable(tmp_path / "src", smollm2_dir, hidden_size=512, intermediate_size=1536, num_hidden_layers=8)
+    out = tmp_path / "gguf"
+    proc = subprocess.Popen([*CLI, "export", str(src), "--gguf", "--outtype", "q4_k_m,q5_k_m,q6_k", "-o", f"{out}/", "-q"], stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline, children = time.monotonic() + 120, []
+    while proc.poll() is None and time.monotonic() < deadline:  # signal once llama.cpp's quantizers write
+        if any(p.stat().st_size > 0 for p in out.glob(".yarnconv-*/*-Q*.gguf")):
+            children = _children(proc.pid)
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and children, (proc.returncode, err)
+    assert "Traceback" not in err and "terminated by SIGTERM" in err
+    assert scratch(tmp_path) == [] and not out.exists()  # not even the directory it would have made
+    for pid in children:  # no quantizer outlives the command
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], pid
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.is_file() else []
+
+
 def test_disk_full_is_one_line_and_leaves_nothing(tmp_path: Path, tmpfs: Path, smollm2_dir: Path) -> None:
     src = big_checkpoint(tmp_path / "src", 60_000_000)
     planned = one_error_line(yarnconv("extend", src, "-o", tmpfs / "a" / "b", "--scale", "2", "--link", "copy"))

@@ -215,13 +215,20 @@ def export_gguf(
             intermediate = scratch / (base.outputs[0].name if base_type in plans else f".intermediate-{base.outtype.name}.gguf")
             if base_type not in plans:
                 _write(base, intermediate, progress)
-            from yarnconv.gguf.quantize import quantize
+            from yarnconv.gguf.quantize import quantize_all
 
             with progress_bar(len(quantized), progress, "quantize", unit="file") as bar:
-                for t, path in quantized.items():
-                    quantize(intermediate, scratch / path.name, t, imatrix=None if im is None or t == "q8_0" else im.path)
-                    check_written_keys(read_header(scratch / path.name), base.keys)
+
+                def finished(t: str) -> None:
+                    check_written_keys(read_header(scratch / quantized[t].name), base.keys)
                     bar.update(1)
+
+                quantize_all(
+                    intermediate,
+                    {t: scratch / path.name for t, path in quantized.items()},
+                    imatrix=lambda t: None if im is None or t == "q8_0" else im.path,
+                    done=finished,
+                )
             if measured and quant_loss is not None:
                 losses = quant_loss(intermediate, measured)
                 for v in record["variants"]:

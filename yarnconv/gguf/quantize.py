@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from yarnconv.errors import UsageError, YarnconvError
 
@@ -41,7 +43,7 @@ FTYPES = {**LADDER, **NEED_IMATRIX}
 DIRECT = ("f32", "f16", "bf16", "q8_0")  # written by yarnconv itself, bytes identical to llama.cpp's converter
 # llama.cpp converts at most this many bytes of rows to f32 at once (its default is 8 GiB, so a
 # large tensor is held whole); quantization is per row, so the output is the same.
-BUF_BYTES = 64 * 1024 * 1024
+BUF_BYTES = 16 * 1024 * 1024
 
 
 def parse_outtypes(text: str | None, *, imatrix: bool = False) -> list[str]:
@@ -82,15 +84,54 @@ def require_quantizer(*, imatrix: bool = False) -> None:
             raise YarnconvError(f"--imatrix needs llama-cpp-python >= 0.3.36, this one is {have}", 'pip install -U "yarnconv[gguf]"')
 
 
-def quantize(src: Path, dst: Path, outtype: str, *, threads: int | None = None, imatrix: str | None = None) -> None:
-    """llama.cpp's quantizer, ``src`` (f16/bf16/f32 GGUF) -> ``dst`` of type ``outtype``, with
-    ``imatrix`` (a file already checked by :func:`yarnconv.gguf.imatrix.check_fits`) if given."""
-    cmd = [sys.executable, "-m", "yarnconv.gguf.quantize", str(src), str(dst), str({**FTYPES, "q8_0": 7}[outtype]), str(threads or os.cpu_count() or 2)]
-    cmd += [imatrix] if imatrix else []
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 or not dst.is_file():
-        last = (proc.stderr.strip().splitlines() or ["no message"])[-1][:200]
-        raise YarnconvError(f"llama.cpp's quantizer failed on {outtype.upper()} ({last})", "check free disk space; report it if the input is a yarnconv export")
+def quantize_all(
+    src: Path,
+    targets: dict[str, Path],
+    *,
+    imatrix: Callable[[str], str | None] = lambda _: None,
+    done: Callable[[str], None] = lambda _: None,
+    parallel: int | None = None,
+    threads: int | None = None,
+) -> None:
+    """Every ``{type: dst}`` from ``src``, ``parallel`` quantizers at a time sharing the cores.
+
+    llama.cpp's quantizer leaves cores idle between tensors (it reads, converts to f32 and writes
+    each one on a single thread), so two at once on two cores finish a ladder sooner than one after
+    another; the files are the same (quantization is per row, whatever the thread count). ``done``
+    is called with each type as its file is complete; on any error or signal every child is killed.
+    """
+    import tempfile
+    import time
+
+    cpus = os.cpu_count() or 2
+    parallel = max(1, min(parallel or cpus, len(targets)))
+    threads = threads or max(1, cpus // parallel)
+    pending = list(targets.items())
+    running: dict[subprocess.Popen[bytes], tuple[str, Path, Any]] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                outtype, dst = pending.pop(0)
+                cmd = [sys.executable, "-m", "yarnconv.gguf.quantize", str(src), str(dst), str({**FTYPES, "q8_0": 7}[outtype]), str(threads)]
+                cmd += [m] if (m := imatrix(outtype)) else []
+                log = tempfile.TemporaryFile()  # noqa: SIM115 (closed when its child ends); llama.cpp logs every tensor, a pipe could fill and stall it
+                running[subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)] = (outtype, dst, log)
+            finished = [p for p in running if p.poll() is not None]
+            if not finished:
+                time.sleep(0.05)
+            for proc in finished:
+                outtype, dst, log = running.pop(proc)
+                log.seek(0)
+                last = (log.read().decode(errors="replace").strip().splitlines() or ["no message"])[-1][:200]
+                log.close()
+                if proc.returncode != 0 or not dst.is_file():
+                    raise YarnconvError(f"llama.cpp's quantizer failed on {outtype.upper()} ({last})", "check free disk space; report it if the input is a yarnconv export")
+                done(outtype)
+    finally:
+        for proc, (_, _, log) in running.items():
+            proc.kill()
+            proc.wait()
+            log.close()
 
 
 def _child(src: str, dst: str, ftype: int, threads: int, imatrix: str | None = None) -> int:
