@@ -83,6 +83,37 @@ def test_tensor_data_identical_to_converter_then_quantizer(extended: Path, tmp_p
         assert _tensors(ours) == _tensors(theirs), t
 
 
+def test_split_max_size_splits_each_quantized_file_like_the_converter(extended: Path, tmp_path: Path) -> None:
+    from test_gguf import llama_logits, token_ids
+
+    run_cli("export", str(extended), "--gguf", "--outtype", "q4_k_m", "-o", str(tmp_path / "whole") + "/", "-q")
+    (whole,) = (tmp_path / "whole").glob("*.gguf")
+    out = tmp_path / "split"
+    record = json.loads(run_cli("export", str(extended), "--gguf", "--outtype", "q4_k_m,q8_0", "--split-max-size", "2M", "-o", str(out), "--json", "-q", "--verify").stdout)
+    q4 = sorted(out.glob("*-Q4_K_M-*-of-*.gguf"))
+    assert len(q4) >= 3 and [p.name for p in q4] == [f"ext-26M-YaRN-1k-Q4_K_M-{i:05d}-of-{len(q4):05d}.gguf" for i in range(1, len(q4) + 1)]
+    assert not list(out.glob("*-Q4_K_M.gguf")) and not list(out.glob(".yarnconv-*"))
+    variant = next(v for v in record["variants"] if v["outtype"] == "q4_k_m")
+    assert variant["output"] == str(q4[0]) and variant["shards"] == len(q4) and variant["verify"]["ok"]
+    headers = [read_header(p) for p in q4]
+    assert [h.split for h in headers] == [(i, len(q4)) for i in range(len(q4))]
+    for h in headers:  # the limit holds, except for a tensor larger than it, which gets a shard of its own
+        assert sum(t.nbytes for t in h.tensors) <= 2_000_000 or len(h.tensors) == 1
+    first = headers[0]
+    assert first.get("llama.rope.scaling.type") == "yarn" and PAD_KEY in first.kvs and first.get("general.file_type") == 15
+    assert all(set(h.kvs) == {"split.no", "split.count", "split.tensors.count"} for h in headers[1:])
+    split_tensors = {k: v for p in q4 for k, v in _tensors(p).items()}
+    assert list(split_tensors) == list(_tensors(whole)) and split_tensors == _tensors(whole)  # same tensors, same order
+    tokens = token_ids()
+    assert np.array_equal(llama_logits(q4[0], tokens), llama_logits(whole, tokens))  # llama.cpp loads the set from its first file
+    again = CliRunner().invoke(main, ["export", str(extended), "--gguf", "--outtype", "q4_k_m", "--split-max-size", "2M", "-o", str(out)])
+    assert again.exit_code == 1 and "already exists" in again.stderr and "--force" in again.stderr
+    # a requested F16 split set is the quantizer's input: llama.cpp reads it whole, the Q4_K_M is the same
+    run_cli("export", str(extended), "--gguf", "--outtype", "f16,q4_k_m", "--split-max-size", "2M", "-o", str(tmp_path / "both"), "-q", "--verify")
+    assert {k: v for p in sorted((tmp_path / "both").glob("*-Q4_K_M-*.gguf")) for k, v in _tensors(p).items()} == _tensors(whole)
+    assert len(list((tmp_path / "both").glob("*-F16-*-of-*.gguf"))) > 1
+
+
 def test_extend_gguf_quantizes_in_one_go(extended: Path, tmp_path: Path) -> None:
     src = extended.parent / "src"
     run_cli("extend", str(src), "--scale", "4", "--gguf", "--outtype", "q5_k_m", "-o", str(tmp_path / "one"), "-q")

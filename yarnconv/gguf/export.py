@@ -11,6 +11,7 @@ RSS) after a chunk is written.
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -175,8 +176,6 @@ def export_gguf(
         raise UsageError(f"--outtype {outtype} makes {len(types)} files, and -o {output} names one", "pass a directory: -o gguf/")
     if ladder:
         require_quantizer(imatrix=imatrix is not None)
-        if split_max_size:
-            raise YarnconvError("--split-max-size does not apply to quantized types yet", "split the quantized file with llama-gguf-split")
     floats = [t for t in types if t in ("auto", "f32", "f16", "bf16")]
     base_type = floats[0] if floats else "auto"
     out_dir = output if not several or os.fspath(output).endswith(os.sep) else os.path.join(os.fspath(output), "")
@@ -203,14 +202,19 @@ def export_gguf(
     if im is not None:
         record["imatrix"] = {"path": im.path, "entries": len(im.entries), "matrices_covered": covered, "datasets": im.datasets, "chunks": im.chunks}
     check_new_files(outputs, force=force)
+    if split_max_size and not force:  # a split set from an earlier run, which the shards would overwrite
+        for path in quantized.values():
+            if old := sorted(path.parent.glob(f"{glob.escape(path.name.removesuffix('.gguf'))}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].gguf")):
+                raise YarnconvError(f"{old[0]} already exists", "pass --force to overwrite it, or choose another -o")
     if dry_run:
         return record
     with atomic_files(outputs, "export") as scratch:
         need = sum(sum(t.nbytes for t in plan.tensors) for plan in plans.values()) + (0 if base_type in plans else sum(t.nbytes for t in base.tensors))
-        require_space(scratch, need + sum(t.nbytes for t in base.tensors) // 2 * len(quantized) + 2 * RESERVE, "the GGUF files")
+        quant = sum(t.nbytes for t in base.tensors) // 2 * (len(quantized) + (1 if split_max_size and quantized else 0))
+        require_space(scratch, need + quant + 2 * RESERVE, "the GGUF files")
         for plan in plans.values():
             _write(plan, scratch / plan.output_base.name, progress)
-        measured = {t: scratch / (quantized[t].name if t in quantized else plans[t].output_base.name) for t in lossy}
+        measured = {t: scratch / (quantized[t] if t in quantized else plans[t].outputs[0]).name for t in lossy}  # a split set by its first file
         if ladder or measured:
             intermediate = scratch / (base.outputs[0].name if base_type in plans else f".intermediate-{base.outtype.name}.gguf")
             if base_type not in plans:
@@ -234,11 +238,32 @@ def export_gguf(
                 for v in record["variants"]:
                     if v["outtype"] in losses:
                         v["vs_float"] = {"against": base.outtype.name, **losses[v["outtype"]]}
+            if split_max_size and quantized:
+                _split_quantized(quantized, outputs, scratch, split_max_size, progress)
+                record["outputs"], record["output"] = [str(p) for p in outputs], str(outputs[0])
+                for v in record["variants"]:
+                    if v["outtype"] in quantized:
+                        v["output"] = str(quantized[v["outtype"]])
     for v in record.get("variants", []):
         v.update(_described(Path(v["output"])))
     if types[0] in quantized:  # the record describes the first file, as llama.cpp's quantizer wrote it
         record.update(outtype=types[0].upper(), **_described(quantized[types[0]]))
     return record
+
+
+def _split_quantized(quantized: dict[str, Path], outputs: list[Path], scratch: Path, max_bytes: int, progress: bool) -> None:
+    """llama.cpp's quantizer writes one file per type: split each into shards of ``max_bytes``,
+    in ``scratch`` and in ``outputs`` (which atomic_files renames at the end) alike."""
+    from yarnconv.gguf.split import split_gguf
+
+    total = sum((scratch / p.name).stat().st_size for p in quantized.values())
+    with progress_bar(total, progress, "split") as bar:
+        for t, path in list(quantized.items()):
+            shards = split_gguf(scratch / path.name, scratch / path.name, max_bytes, bar)
+            finals = [path.with_name(s.name) for s in shards]
+            i = outputs.index(path)
+            outputs[i : i + 1] = finals
+            quantized[t] = finals[0]
 
 
 def _lossless(plan: ExportPlan) -> bool:
@@ -247,11 +272,19 @@ def _lossless(plan: ExportPlan) -> bool:
 
 
 def _described(path: Path) -> dict[str, Any]:
-    h = read_header(path)
+    """Tensor types and bytes of a GGUF file, or of the whole split set it begins."""
+    from yarnconv.gguf.file import shard_paths
+
     types: dict[str, int] = {}
-    for t in h.tensors:
-        types[t.type_name] = types.get(t.type_name, 0) + 1
-    return {"tensor_types": types, "bytes": sum(t.nbytes for t in h.tensors)}
+    nbytes = 0
+    for shard in shard_paths(path):
+        for t in read_header(shard).tensors:
+            types[t.type_name] = types.get(t.type_name, 0) + 1
+            nbytes += t.nbytes
+    out: dict[str, Any] = {"tensor_types": types, "bytes": nbytes}
+    if len(shard_paths(path)) > 1:
+        out["shards"] = len(shard_paths(path))
+    return out
 
 
 def _ladder_path(root: Path, output: str | os.PathLike[str], plan: ExportPlan, outtype: str) -> Path:

@@ -236,7 +236,7 @@ def _output_paths(output: Path, shards: list[Path]) -> list[Path]:
     return [output.with_name(f"{stem}-{i:05d}-of-{len(shards):05d}.gguf") for i in range(1, len(shards) + 1)]
 
 
-def _copy_range(fin: int, fout: int, offset: int, length: int, bar: Any) -> None:
+def copy_range(fin: int, fout: int, offset: int, length: int, bar: Any) -> None:
     """Kernel-side copy of ``length`` bytes from ``offset``; falls back to read/write."""
     done = 0
     use_cfr = hasattr(os, "copy_file_range")
@@ -263,7 +263,7 @@ def _rewrite(src: Path, header: GGUFHeader, new_header: bytes, dst: Path, progre
     with open(src, "rb") as fin, open(dst, "wb") as fout, progress_bar(data_len, progress, "patch") as bar:
         fout.write(new_header)
         fout.flush()
-        _copy_range(fin.fileno(), fout.fileno(), header.data_offset, data_len, bar)
+        copy_range(fin.fileno(), fout.fileno(), header.data_offset, data_len, bar)
     _same_tensors(header, read_header(dst))
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from yarnconv import rope
 from yarnconv.errors import YarnconvError
+from yarnconv.gguf.file import shard_paths
 from yarnconv.publish.hints import hints
 from yarnconv.storage.files import RECORD, read_json
 
@@ -138,7 +139,9 @@ def _quant_table(reports: list[Path]) -> list[str]:
         gguf = path.with_name(path.name.removesuffix(".verify.json"))
         if (found := json.loads(path.read_text()).get("vs_float")) and gguf.is_file():
             q = found
-            rows.append(f"| {gguf.name} | {gguf.stat().st_size / 1e6:,.1f} MB | {q['kl_mean']:.4f} | {q['kl_p99']:.3f} | {q['same_top1']:.1%} |")
+            files = shard_paths(gguf)  # a split set: its first file, and the size of them all
+            name = gguf.name + (f" (+{len(files) - 1} more)" if len(files) > 1 else "")
+            rows.append(f"| {name} | {sum(f.stat().st_size for f in files) / 1e6:,.1f} MB | {q['kl_mean']:.4f} | {q['kl_p99']:.3f} | {q['same_top1']:.1%} |")
     if not rows:
         return []
     head = f"Each quantized file against the {str(q.get('against', 'float')).upper()} file it was quantized from, in llama.cpp, over {q.get('tokens')} tokens ({q.get('source')}); KL as `llama-perplexity --kl-divergence` reports it:"
