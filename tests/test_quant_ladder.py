@@ -106,6 +106,8 @@ def test_split_max_size_splits_each_quantized_file_like_the_converter(extended: 
     assert list(split_tensors) == list(_tensors(whole)) and split_tensors == _tensors(whole)  # same tensors, same order
     tokens = token_ids()
     assert np.array_equal(llama_logits(q4[0], tokens), llama_logits(whole, tokens))  # llama.cpp loads the set from its first file
+    dry = run_cli("export", str(extended), "--gguf", "--outtype", "q4_k_m", "--split-max-size", "2M", "-o", str(tmp_path / "dry"), "--dry-run").stdout
+    assert "then split into -0000i-of-0000N.gguf shards of at most 2.00 MB" in dry and not (tmp_path / "dry").exists()
     again = CliRunner().invoke(main, ["export", str(extended), "--gguf", "--outtype", "q4_k_m", "--split-max-size", "2M", "-o", str(out)])
     assert again.exit_code == 1 and "already exists" in again.stderr and "--force" in again.stderr
     # a requested F16 split set is the quantizer's input: llama.cpp reads it whole, the Q4_K_M is the same

@@ -79,6 +79,8 @@ def print_export(r: dict[str, Any]) -> None:
             size = f"{fmt_bytes(v['bytes'])}, " if "bytes" in v else ""
             types = ", ".join(f"{n} {t}" for t, n in sorted(v.get("tensor_types", {}).items()))
             click.echo(f"  {v['outtype'].upper():<7} {v['output']}" + (f" ({size}{types})" if size else ""))
+            if r.get("dry_run") and v.get("split_max_size"):
+                click.echo(f"          then split into -0000i-of-0000N.gguf shards of at most {fmt_bytes(v['split_max_size'])}")
             if "verify" in v:
                 click.echo(f"          verify {'passed' if v['verify']['ok'] else 'FAILED'}")
             if "vs_float" in v:

@@ -206,6 +206,10 @@ def export_gguf(
         for path in quantized.values():
             if old := sorted(path.parent.glob(f"{glob.escape(path.name.removesuffix('.gguf'))}-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].gguf")):
                 raise YarnconvError(f"{old[0]} already exists", "pass --force to overwrite it, or choose another -o")
+    if split_max_size and quantized:  # shard names are known once llama.cpp's quantizer has written the file
+        for v in record["variants"]:
+            if v["outtype"] in quantized:
+                v["split_max_size"] = split_max_size
     if dry_run:
         return record
     with atomic_files(outputs, "export") as scratch:
