@@ -193,7 +193,7 @@ def export_gguf(
 
         im = read_imatrix(imatrix)
         covered = check_fits(im, [(t.name, t.shape) for t in base.tensors], str(root))
-    outputs = [p for plan in plans.values() for p in plan.outputs] + list(quantized.values())
+    outputs = [p for t in types for p in (plans[t].outputs if t in plans else [quantized[t]])]  # in --outtype order
     first = plans.get(types[0], base)
     record: dict[str, Any] = {"source": str(root), **first.summary(), "outputs": [str(p) for p in outputs], "output": str(outputs[0])}
     lossy = [t for t in types if t in FTYPES or t == "q8_0"] if quant_loss is not None else []  # measured against the float file
