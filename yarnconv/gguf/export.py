@@ -281,14 +281,12 @@ def _described(path: Path) -> dict[str, Any]:
 
     types: dict[str, int] = {}
     nbytes = 0
-    for shard in shard_paths(path):
+    shards = shard_paths(path)
+    for shard in shards:
         for t in read_header(shard).tensors:
             types[t.type_name] = types.get(t.type_name, 0) + 1
             nbytes += t.nbytes
-    out: dict[str, Any] = {"tensor_types": types, "bytes": nbytes}
-    if len(shard_paths(path)) > 1:
-        out["shards"] = len(shard_paths(path))
-    return out
+    return {"tensor_types": types, "bytes": nbytes} | ({"shards": len(shards)} if len(shards) > 1 else {})
 
 
 def _ladder_path(root: Path, output: str | os.PathLike[str], plan: ExportPlan, outtype: str) -> Path:

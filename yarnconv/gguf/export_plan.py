@@ -10,9 +10,10 @@ Q8_0 falls back to F16 where a row is not a multiple of 32.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, MODEL_ARCH, SHARD_NAME_FORMAT, GGMLQuantizationType, LlamaFileType, get_tensor_name_map
@@ -209,12 +210,10 @@ def plan_export(
     plan.general = {"name": plan.name, **{k: v for k, v in name_parts(plan).items() if v}}
     plan.hparams = _hparams(arch, text, plan, view)
     plan.vocab = plan_vocab(root, int(text.get("vocab_size") or 0), pre_tokenizer=pre_tokenizer)
-    plan.shards, plan.split_max_size = _shards(out, split_max_size), split_max_size
+    plan.shards, plan.split_max_size = [[t.name for t in s] for s in shard_groups(out, split_max_size)], split_max_size
     if output is not None:
         plan.output_base = _output_path(root, output, plan)
-        n = len(plan.shards)
-        base = plan.output_base
-        plan.outputs = [base] if n == 1 else [base.with_name(SHARD_NAME_FORMAT.format(base.stem, i + 1, n)) for i in range(n)]
+        plan.outputs = shard_names(plan.output_base, len(plan.shards))
     return plan
 
 
@@ -257,14 +256,28 @@ def _hparams(arch: str, text: dict[str, Any], plan: ExportPlan, view: ConfigView
     return out
 
 
-def _shards(tensors: list[OutTensor], split_max_size: int) -> list[list[str]]:
-    """Tensor names per file, split the way gguf-py's writer splits (a new file when the next tensor would pass the limit)."""
-    shards: list[list[OutTensor]] = [[]]
+class _HasBytes(Protocol):
+    @property
+    def nbytes(self) -> int: ...
+
+
+T = TypeVar("T", bound=_HasBytes)
+
+
+def shard_groups(tensors: Sequence[T], split_max_size: int) -> list[list[T]]:
+    """Tensors per file, split the way gguf-py's writer splits: a new file when the next tensor would
+    pass the limit (one larger than the limit gets a file of its own); 0: one file."""
+    shards: list[list[T]] = [[]]
     for t in tensors:
         if shards[-1] and split_max_size and sum(x.nbytes for x in shards[-1]) + t.nbytes > split_max_size:
             shards.append([])
         shards[-1].append(t)
-    return [[t.name for t in shard] for shard in shards]
+    return shards
+
+
+def shard_names(base: Path, count: int) -> list[Path]:
+    """llama.cpp's names for ``count`` files of ``base`` (``base`` itself when there is one)."""
+    return [base] if count == 1 else [base.with_name(SHARD_NAME_FORMAT.format(base.stem, i + 1, count)) for i in range(count)]
 
 
 def _output_path(root: Path, output: str | os.PathLike[str], plan: ExportPlan) -> Path:

@@ -90,10 +90,8 @@ def quantize_all(
     *,
     imatrix: Callable[[str], str | None] = lambda _: None,
     done: Callable[[str], None] = lambda _: None,
-    parallel: int | None = None,
-    threads: int | None = None,
 ) -> None:
-    """Every ``{type: dst}`` from ``src``, ``parallel`` quantizers at a time sharing the cores.
+    """Every ``{type: dst}`` from ``src``, one quantizer per core at a time, sharing the cores.
 
     llama.cpp's quantizer leaves cores idle between tensors (it reads, converts to f32 and writes
     each one on a single thread), so two at once on two cores finish a ladder sooner than one after
@@ -104,8 +102,8 @@ def quantize_all(
     import time
 
     cpus = os.cpu_count() or 2
-    parallel = max(1, min(parallel or cpus, len(targets)))
-    threads = threads or max(1, cpus // parallel)
+    parallel = max(1, min(cpus, len(targets)))
+    threads = max(1, cpus // parallel)
     pending = list(targets.items())
     running: dict[subprocess.Popen[bytes], tuple[str, Path, Any]] = {}
     try:

@@ -12,29 +12,11 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from yarnconv.gguf.export_plan import shard_groups, shard_names
 from yarnconv.gguf.file import MAGIC, GGUFHeader, GGUFValueType, TensorEntry, encode_kv, read_header
 from yarnconv.gguf.patch import copy_range
 
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
-
-
-def plan_shards(tensors: list[TensorEntry], max_bytes: int) -> list[list[TensorEntry]]:
-    """Tensors per shard, in file order: a new shard when the next tensor would pass ``max_bytes``
-    (a tensor larger than the limit gets a shard of its own)."""
-    shards: list[list[TensorEntry]] = [[]]
-    for t in tensors:
-        if shards[-1] and sum(x.nbytes for x in shards[-1]) + t.nbytes > max_bytes:
-            shards.append([])
-        shards[-1].append(t)
-    return shards
-
-
-def shard_names(path: Path, count: int) -> list[Path]:
-    """llama.cpp's names for ``count`` shards of ``path`` (``path`` itself when there is one)."""
-    if count == 1:
-        return [path]
-    stem = path.name.removesuffix(".gguf")
-    return [path.with_name(f"{stem}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
 
 
 def _align(n: int, alignment: int) -> int:
@@ -71,7 +53,7 @@ def split_gguf(src: Path, dst: Path, max_bytes: int, bar: Any) -> list[Path]:
     header = read_header(src)
     if header.split[1] > 1:
         raise AssertionError(f"yarnconv bug: {src} is already a shard")
-    shards = plan_shards(header.tensors, max_bytes)
+    shards = shard_groups(header.tensors, max_bytes)
     paths = shard_names(dst, len(shards))
     if len(shards) == 1:
         src.replace(dst)
