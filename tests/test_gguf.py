@@ -425,7 +425,9 @@ def test_patch_equals_llama_cpp_yarn_flags_and_is_not_a_no_op(tmp_path: Path, sh
         "llama.rope.scaling.factor",
         "llama.rope.scaling.original_context_length",
         "yarnconv.reserved",
+        "yarnconv.rope",  # the plan, so verify can check the file on its own
     }
+    assert json.loads(new["yarnconv.rope"]) == {"context_length": 1024, "rope": record["rope_after"]} if "rope_after" in record else True
     tokens = token_ids()
     patched = llama_logits(out, tokens)
     flagged = llama_logits(short_gguf, tokens, rope_scaling_type=2, rope_freq_scale=0.25, yarn_orig_ctx=256)

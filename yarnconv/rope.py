@@ -123,6 +123,9 @@ class RopeSpec:
     high_freq_factor: float | None = None  # llama3
     short_factor: tuple[float, ...] | None = None  # longrope, sequences up to the original length
     long_factor: tuple[float, ...] | None = None  # longrope, longer sequences
+    # llama.cpp's rope_freqs.weight: pair i's base frequency is divided by freq_factors[i] before
+    # any scaling (ggml_rope_ext); transformers has no such input (docs/gguf.md, "rope_freqs.weight").
+    freq_factors: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -143,13 +146,18 @@ def compute(spec: RopeSpec, *, seq_len: int | None = None, precision: Precision 
     """
     if spec.dim <= 0 or spec.dim % 2:
         raise ValueError(f"rotary dimension must be a positive even number, got {spec.dim}")
+    if spec.freq_factors is not None and spec.method not in ("default", "linear", "yarn"):
+        raise ValueError(f"per-pair frequency divisors combine with default, linear or yarn RoPE, not {spec.method}")
+    # An explicit magnitude on unscaled or linear RoPE exists only in llama.cpp (rope.scaling.attn_factor);
+    # configs never carry one there (config.read keeps attention_factor for yarn and longrope only).
+    magnitude = 1.0 if spec.attention_factor is None else float(spec.attention_factor)
     if spec.method == "default":
-        return RopeResult(_inv_freq(spec.base, spec.dim, precision), 1.0)
+        return RopeResult(_divided(_inv_freq(spec.base, spec.dim, precision), spec.freq_factors), magnitude)
     factor = spec.factor
     if factor is None or not math.isfinite(factor) or factor <= 0:
         raise ValueError(f"scaling factor must be a positive finite number, got {factor}")
     if spec.method == "linear":
-        return RopeResult(_scaled(_inv_freq(spec.base, spec.dim, precision), factor, precision), 1.0)
+        return RopeResult(_scaled(_divided(_inv_freq(spec.base, spec.dim, precision), spec.freq_factors), factor, precision), magnitude)
     if spec.method == "dynamic":
         return RopeResult(_inv_freq(dynamic_ntk_base(spec, seq_len), spec.dim, precision), 1.0)
     if spec.method == "yarn":
@@ -178,12 +186,24 @@ def _yarn(spec: RopeSpec, precision: Precision) -> RopeResult:
     beta_slow = spec.beta_slow or DEFAULT_BETA_SLOW
     low, high = correction_range(beta_fast, beta_slow, spec.dim, spec.base, spec.original_context, spec.truncate)
     a = yarn_attention_factor(factor, spec.attention_factor, spec.mscale, spec.mscale_all_dim)
-    if precision == "float32":
+    if precision == "float32" and spec.freq_factors is None:
         inv = _yarn_float32(spec.base, spec.dim, factor, low, high)
-    else:
+    else:  # ggml applies the ramp by pair index on top of the divided frequencies
         ramp = linear_ramp(low, high, spec.dim // 2)
-        inv = [t * (g / factor + (1.0 - g)) for t, g in zip(base_inv_freq(spec.base, spec.dim), ramp, strict=False)]
+        base = _divided(base_inv_freq(spec.base, spec.dim), spec.freq_factors)
+        inv = [t * (g / factor + (1.0 - g)) for t, g in zip(base, ramp, strict=False)]
     return RopeResult(inv, a, (low, high))
+
+
+def _divided(inv: list[float], freq_factors: tuple[float, ...] | None) -> list[float]:
+    """Base frequencies divided pair by pair (llama.cpp's rope_freqs.weight); a length mismatch is an error."""
+    if freq_factors is None:
+        return inv
+    if len(freq_factors) != len(inv):
+        raise ValueError(f"rope_freqs has {len(freq_factors)} values, the rotary dimension needs {len(inv)}")
+    if not all(math.isfinite(f) and f > 0 for f in freq_factors):
+        raise ValueError("rope_freqs holds a value that is not a positive finite number")
+    return [t / f for t, f in zip(inv, freq_factors, strict=True)]
 
 
 def _inv_freq(base: float, dim: int, precision: Precision) -> list[float]:

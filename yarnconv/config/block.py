@@ -75,6 +75,8 @@ class RopeBlock:
     mscale: float | None = None
     mscale_all_dim: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # GGUF only: llama.cpp's rope_freqs.weight, per-pair divisors of the base frequencies.
+    freq_factors: tuple[float, ...] | None = None
 
     def spec(self, head_dim: int, max_position: int | None = None) -> rope.RopeSpec:
         """The math-level view of this block for a head of ``head_dim`` rotary-capable channels."""
@@ -97,6 +99,7 @@ class RopeBlock:
             high_freq_factor=_opt_float(x.get("high_freq_factor")),
             short_factor=_float_tuple(x.get("short_factor")),
             long_factor=_float_tuple(x.get("long_factor")),
+            freq_factors=None if self.freq_factors is None else tuple(float(f) for f in self.freq_factors),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -130,7 +130,8 @@ def _block_from_dict(
         beta_fast=_number(block.get("beta_fast"), "beta_fast"),
         beta_slow=_number(block.get("beta_slow"), "beta_slow"),
         truncate=bool(truncate) if truncate is not None else None,
-        attention_factor=_number(block.get("attention_factor"), "attention_factor"),
+        # transformers reads an explicit magnitude for yarn and longrope only
+        attention_factor=_number(block.get("attention_factor"), "attention_factor") if kind in ("yarn", "longrope") else None,
         mscale=_number(block.get("mscale"), "mscale"),
         mscale_all_dim=_number(block.get("mscale_all_dim"), "mscale_all_dim"),
         extra={k: v for k, v in block.items() if k not in _BLOCK_KEYS},

@@ -8,13 +8,16 @@ range; ``rope_freqs.weight`` divides each pair's angle and is honoured by llama-
 
 from __future__ import annotations
 
+import json
+import os
 import struct
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from yarnconv import rope
 from yarnconv.config import RopeBlock
-from yarnconv.gguf.file import PAD_KEY, GGUFHeader, GGUFValueType
+from yarnconv.gguf.file import PAD_KEY, GGUFHeader, GGUFValueType, TensorEntry
 
 # llama.cpp architectures with no rotary embedding to rescale.
 NO_ROPE_ARCHS = {
@@ -43,6 +46,7 @@ SPECIAL_YARN_ARCHS = {
 BETA_KEY_ARCHS = {"grok", "mistral3"}  # the only archs whose loader reads yarn_beta_fast/slow
 ROPE_FREQS_ARCHS = {"llama", "deci", "mistral3", "arcee", "granite", "exaone", "minicpm"}  # graphs that apply rope_freqs.weight
 SCALING_TYPES = ("none", "linear", "yarn", "longrope")
+ROPE_FREQS = "rope_freqs.weight"
 
 U32, F32, STR = GGUFValueType.UINT32, GGUFValueType.FLOAT32, GGUFValueType.STRING
 
@@ -53,7 +57,8 @@ def key(arch: str, name: str) -> str:
 
 @dataclass
 class GGUFRope:
-    """A file's rope settings as llama.cpp reads them (defaults filled in the way the loader does)."""
+    """A file's rope as llama.cpp computes it: its keys (absent ones take the loader's defaults)
+    and ``rope_freqs.weight``, which divides each pair's base frequency before any scaling."""
 
     arch: str
     context_length: int | None
@@ -67,11 +72,26 @@ class GGUFRope:
     beta_slow: float | None
     has_rope_freqs: bool
     explicit_type: bool
+    freq_factors: tuple[float, ...] | None = None  # the tensor's values (None when absent or unreadable)
+    recorded: dict[str, Any] | None = None  # the plan yarnconv wrote into the file (RECORD_KEY)
 
-    def block(self) -> RopeBlock:
-        """The canonical block that reproduces what llama.cpp computes from these keys."""
+    @property
+    def applies_freqs(self) -> bool:
+        """llama.cpp's graph for this arch multiplies by rope_freqs.weight (others refuse or ignore it)."""
+        return self.freq_factors is not None and self.arch in ROPE_FREQS_ARCHS
+
+    def block(self, head_dim: int | None = None) -> RopeBlock:
+        """The canonical block that reproduces what llama.cpp computes from these keys and tensor
+        (``head_dim``: rope.dimension_count below it is a partial rotary factor)."""
+        block = self._block()
+        if head_dim and self.dim and self.dim < head_dim:
+            block = replace(block, partial_rotary_factor=self.dim / head_dim)
+        return block
+
+    def _block(self) -> RopeBlock:
+        ff = self.freq_factors if self.applies_freqs else None
+        magnitude = None if abs(self.attn_factor - 1.0) < 1e-7 else self.attn_factor
         if self.scaling_type == "yarn" and self.factor:
-            a = self.attn_factor * rope.mscale(self.factor)
             fixed_betas = self.arch not in BETA_KEY_ARCHS
             return RopeBlock(
                 rope_type="yarn",
@@ -80,20 +100,47 @@ class GGUFRope:
                 original_context=self.original_context or self.context_length,
                 beta_fast=rope.DEFAULT_BETA_FAST if fixed_betas or self.beta_fast is None else self.beta_fast,
                 beta_slow=rope.DEFAULT_BETA_SLOW if fixed_betas or self.beta_slow is None else self.beta_slow,
-                attention_factor=None if abs(self.attn_factor - 1.0) < 1e-7 else a,
+                attention_factor=None if magnitude is None else self.attn_factor * rope.mscale(self.factor),
+                freq_factors=ff,
             )
         if self.scaling_type == "linear" and self.factor and self.factor != 1.0:
-            return RopeBlock(rope_type="linear", theta=self.freq_base, factor=self.factor)
-        return RopeBlock(theta=self.freq_base)
+            return RopeBlock(rope_type="linear", theta=self.freq_base, factor=self.factor, attention_factor=magnitude, freq_factors=ff)
+        # type none (or linear without a factor): llama.cpp forces freq_scale 1 and no ramp, and the
+        # magnitude is attn_factor alone (llama-context.cpp; docs/gguf.md)
+        return RopeBlock(theta=self.freq_base, attention_factor=magnitude, freq_factors=ff)
+
+    def original(self) -> tuple[int | None, str]:
+        """The pretraining length as the file tells it, and how that was found."""
+        if self.scaling_type == "yarn" and self.factor:
+            if self.original_context:
+                return self.original_context, f"{self.arch}.rope.scaling.original_context_length"
+            return self.context_length, f"{self.arch}.context_length (no original_context_length: llama.cpp falls back to it)"
+        if self.applies_freqs and self.context_length and self.freq_factors:
+            top = max(self.freq_factors)
+            if top > 1.0 + 1e-6:
+                length = round(self.context_length / top)
+                return length, f"inferred: {self.arch}.context_length / the largest rope_freqs.weight divisor ({top:.4g})"
+        if self.scaling_type == "linear" and self.factor and self.context_length:
+            return round(self.context_length / self.factor), f"inferred: {self.arch}.context_length / rope.scaling.factor"
+        return self.context_length, f"{self.arch}.context_length (the file states no scaling)"
 
 
-def read_rope(get: Any, arch: str, tensor_names: set[str]) -> GGUFRope:
-    """Rope settings from a header's ``get(key, default)``; absent keys take llama.cpp's defaults."""
+RECORD_KEY = "yarnconv.rope"  # JSON: the rope block and context yarnconv planned, so verify can check a file alone
+
+
+def read_rope(headers: GGUFHeader | Sequence[GGUFHeader]) -> GGUFRope:
+    """Rope settings of a GGUF (the first shard's keys, ``rope_freqs.weight`` from whichever shard
+    holds it); absent keys take llama.cpp's defaults."""
+    shards = [headers] if isinstance(headers, GGUFHeader) else list(headers)
+    h = shards[0]
+    arch = h.arch or "?"
+    get = h.get
     ctx = get(key(arch, "context_length"))
     scaling = get(key(arch, "rope.scaling.type"))
     factor = get(key(arch, "rope.scaling.factor"), get(key(arch, "rope.scale_linear")))
     if factor is not None and factor == 0:
         factor = None
+    freqs = next(((sh, t) for sh in shards for t in sh.tensors if t.name == ROPE_FREQS), None)
     return GGUFRope(
         arch=arch,
         context_length=ctx,
@@ -106,9 +153,38 @@ def read_rope(get: Any, arch: str, tensor_names: set[str]) -> GGUFRope:
         attn_factor=float(get(key(arch, "rope.scaling.attn_factor"), 1.0)),
         beta_fast=get(key(arch, "rope.scaling.yarn_beta_fast")),
         beta_slow=get(key(arch, "rope.scaling.yarn_beta_slow")),
-        has_rope_freqs="rope_freqs.weight" in tensor_names,
+        has_rope_freqs=freqs is not None,
         explicit_type=scaling is not None,
+        freq_factors=None if freqs is None else read_freq_factors(*freqs),
+        recorded=_recorded(get(RECORD_KEY)),
     )
+
+
+def read_freq_factors(header: GGUFHeader, t: TensorEntry) -> tuple[float, ...] | None:
+    """The values of a rope_freqs.weight tensor (F32 or F16, one row), or None if it is not one."""
+    if t.type_name not in ("F32", "F16") or len(t.dims) != 1 or t.dims[0] > 1 << 16:
+        return None
+    width = 4 if t.type_name == "F32" else 2
+    with open(header.path, "rb") as f:
+        raw = os.pread(f.fileno(), t.dims[0] * width, header.data_offset + t.offset)
+    if len(raw) != t.dims[0] * width:
+        return None
+    return struct.unpack(f"<{t.dims[0]}{'f' if width == 4 else 'e'}", raw)
+
+
+def _recorded(text: Any) -> dict[str, Any] | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("rope"), dict) else None
+
+
+def record_value(block: RopeBlock, context: int) -> str:
+    """RECORD_KEY's value: the plan a GGUF was written for (verify checks the file against it)."""
+    return json.dumps({"rope": block.to_dict(), "context_length": int(context)}, separators=(",", ":"), sort_keys=True)
 
 
 def pseudo_config(r: GGUFRope, block_count: int | None = None, head_dim: int | None = None) -> dict[str, Any]:
@@ -190,6 +266,7 @@ def plan_keys(arch: str, block: RopeBlock, length: int, dim: int, *, route: str 
         p.sets[key(arch, "rope.scaling.type")] = (STR, "none")
         if abs(result.attention_factor - 1.0) > 1e-7:
             p.sets[key(arch, "rope.scaling.attn_factor")] = (F32, result.attention_factor)
+        p.sets[RECORD_KEY] = (STR, record_value(block, length))
         p.removes -= set(p.sets)
         return p
     if block.rope_type == "default":
@@ -218,6 +295,7 @@ def plan_keys(arch: str, block: RopeBlock, length: int, dim: int, *, route: str 
                 else "no GGUF route exists"
             )
             p.warnings.append(f"llama.cpp will NOT apply {'; '.join(lost)} from this file: {fix}")
+    p.sets[RECORD_KEY] = (STR, record_value(block, length))
     p.removes -= set(p.sets)
     return p
 
@@ -249,8 +327,13 @@ def effective(r: GGUFRope) -> dict[str, Any]:
         "freq_base": r.freq_base,
         "rope_dim": r.dim,
     }
-    if r.has_rope_freqs:
-        out["rope_freqs"] = "rope_freqs.weight divides each pair's angle (llama-family graphs only)"
+    if r.applies_freqs and r.freq_factors:
+        out["rope_freqs"] = f"rope_freqs.weight divides each pair's frequency by {min(r.freq_factors):.4g} .. {max(r.freq_factors):.4g}"
+    elif r.has_rope_freqs:
+        out["rope_freqs"] = (
+            "rope_freqs.weight is not a float vector llama.cpp can use" if r.arch in ROPE_FREQS_ARCHS
+            else f"llama.cpp's {r.arch} graph has no rope_freqs.weight: loading fails with 'wrong number of tensors'"
+        )
     if r.scaling_type == "yarn" and r.factor:
         out.update(
             freq_scale=1.0 / r.factor,
@@ -265,6 +348,8 @@ def effective(r: GGUFRope) -> dict[str, Any]:
         out["freq_scale"] = 1.0 / r.factor
     elif r.attn_factor != 1.0:
         out["attention_magnitude"] = r.attn_factor
+    original, source = r.original()
+    out["original_context"], out["original_context_from"] = original, source
     return out
 
 

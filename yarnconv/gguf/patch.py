@@ -17,14 +17,27 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from yarnconv.errors import UsageError, YarnconvError
-from yarnconv.gguf.file import MAGIC, PAD_KEY, PAD_MIN, RESERVE, SHARD_RE, GGUFHeader, encode_kv, pad_kv, read_header, shard_paths
+from yarnconv.gguf.file import (
+    MAGIC,
+    PAD_KEY,
+    PAD_MIN,
+    RESERVE,
+    SHARD_RE,
+    GGUFHeader,
+    GGUFValueType,
+    encode_kv,
+    pad_kv,
+    read_header,
+    shard_paths,
+)
 from yarnconv.gguf.keys import (
     NO_ROPE_ARCHS,
+    RECORD_KEY,
     SPECIAL_YARN_ARCHS,
     KeyPlan,
     check_written_keys,
@@ -32,6 +45,7 @@ from yarnconv.gguf.keys import (
     plan_keys,
     pseudo_config,
     read_rope,
+    record_value,
 )
 from yarnconv.plan import ExtendPlan, ExtendRequest, plan_extend
 from yarnconv.storage.atomic import atomic_files, check_new_files, require_space
@@ -82,7 +96,7 @@ def plan_patch(header: GGUFHeader, request: ExtendRequest) -> GGUFPatchPlan:
         raise YarnconvError(f"{header.path.name} has no {arch}.context_length", "this file cannot be loaded by llama.cpp as is")
     if request.method == "dynamic":
         raise YarnconvError("dynamic NTK has no GGUF encoding; llama.cpp cannot apply it", "use --method yarn")
-    current = read_rope(header.get, arch, {t.name for t in header.tensors})
+    current = read_rope(header)
     notes: list[str] = []
     if current.has_rope_freqs:
         if not request.force:
@@ -98,6 +112,9 @@ def plan_patch(header: GGUFHeader, request: ExtendRequest) -> GGUFPatchPlan:
     dim = current.dim or _head_dim(header, arch)
     plan = plan_extend(pseudo_config(current, header.get(f"{arch}.block_count"), dim), request)
     keys = plan_keys(arch, plan.after, plan.max_position_after, dim)
+    if current.applies_freqs:  # the kept tensor is part of what llama.cpp runs, so of the plan too
+        stacked = replace(plan.after, freq_factors=current.freq_factors)
+        keys.sets[RECORD_KEY] = (GGUFValueType.STRING, record_value(stacked, plan.max_position_after))
     keys.removes &= set(header.kvs)
     return GGUFPatchPlan(header, plan, keys, notes)
 

@@ -17,7 +17,7 @@ def inspect_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:
     types: dict[str, int] = {}
     for t in h.tensors:
         types[t.type_name] = types.get(t.type_name, 0) + 1
-    r = read_rope(h.get, arch, {t.name for t in h.tensors})
+    r = read_rope(h)
     no, count = h.split
     return {
         "path": str(h.path),

@@ -119,15 +119,16 @@ def _hf_hints(root: Path, view: ConfigView) -> dict[str, Any]:
 
 
 def _gguf_hints(path: Path) -> dict[str, Any]:
-    from yarnconv.gguf.file import read_header
+    from yarnconv.gguf.file import read_header, shard_paths
     from yarnconv.gguf.keys import read_rope
 
-    h = read_header(path)
+    shards = [read_header(p) for p in shard_paths(path)]
+    h = shards[0]
     arch = h.arch or "?"
-    keys = read_rope(h.get, arch, {t.name for t in h.tensors})
+    keys = read_rope(shards)
     context = keys.context_length or 0
     q = shlex.quote(str(path))
-    yarn = keys.scaling_type == "yarn" or keys.has_rope_freqs
+    yarn = keys.scaling_type == "yarn" or keys.applies_freqs
     note = "the file's YaRN keys set the rope: no --rope-scaling flags" if yarn else "no YaRN keys: llama.cpp runs plain RoPE (add them with yarnconv extend FILE --scale S)"
     out = [{"runtime": "llama.cpp", "command": f"llama-server -m {q} -c {context}", "notes": [note, f"context_length is {context}: llama-server builds before PR #28030 cap each slot at it"]}]
     out.append(_ollama(path.name, context, arch, rope_freqs=keys.has_rope_freqs, from_hf=False))
@@ -137,7 +138,7 @@ def _gguf_hints(path: Path) -> dict[str, Any]:
     dim = h.get(f"{arch}.attention.key_length") or (h.get(f"{arch}.embedding_length") // heads if heads else None)
     layers = h.get(f"{arch}.block_count")
     shape = CacheShape(layers, kv, dim) if layers and kv and dim else None
-    block = keys.block().to_dict() if yarn else {"rope_type": "default", "theta": keys.freq_base}
+    block = keys.block().to_dict()
     return _record(path, context, block, shape, out)
 
 

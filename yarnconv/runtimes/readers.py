@@ -94,6 +94,8 @@ def _spec(view: ConfigView, kind: str, block: dict[str, Any], theta: float, rho:
             fields["factor"] = fields["max_position"] / fields["original_context"]
     if method == "default":
         fields.update(factor=None, original_context=None)
+    if method not in ("yarn", "longrope"):
+        fields["attention_factor"] = None  # no runtime reads a magnitude for the other types from a config
     fields.update(over)
     return rope.RopeSpec(**fields)
 

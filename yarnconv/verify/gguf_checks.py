@@ -38,8 +38,11 @@ def logit_bounds(weight_type: str, against_base: bool) -> tuple[Bound, ...]:
 def keys_check(s: Subject) -> Check:
     """What llama.cpp builds from the file's rope keys equals the plan."""
     keys = s.gguf["keys"]
-    got_block = keys.block()
-    got = rope.compute(got_block.spec(s.dim, keys.context_length), precision="float32")
+    got_block = keys.block(s.view.head_dim)
+    try:
+        got = rope.compute(got_block.spec(s.view.head_dim or s.dim, keys.context_length), precision="float32")
+    except ValueError as exc:  # e.g. a rope_freqs.weight of the wrong length or with zeros
+        return Check("llama.cpp rope from the GGUF keys", "failed", {"llama_cpp_reads": got_block.to_dict()}, reason=f"llama.cpp cannot run this rope: {exc}")
     want = rope.compute(s.spec(), precision="float32")
     pairs = len(got.inv_freq) == len(want.inv_freq)
     diff = max((abs(a - b) / b for a, b in zip(got.inv_freq, want.inv_freq, strict=False)), default=0.0) if pairs else float("inf")
@@ -58,6 +61,15 @@ def keys_check(s: Subject) -> Check:
 
 def _key_cause(keys: Any, got: Any, s: Subject) -> str:
     arch, want = keys.arch, s.block
+    if got.freq_factors is not None:
+        planned = rope.compute(s.spec(), precision="float64").inv_freq
+        divisors = [b / p for b, p in zip(rope.base_inv_freq(got.theta, len(planned) * 2), planned, strict=True)]
+        return (
+            f"rope_freqs.weight divides the frequencies by {min(got.freq_factors):.4g} .. {max(got.freq_factors):.4g}, "
+            f"the plan needs {min(divisors):.4g} .. {max(divisors):.4g}; fix: re-export with yarnconv export --gguf --gguf-rope freqs"
+        )
+    if keys.has_rope_freqs and not keys.applies_freqs:
+        return f"the file has a rope_freqs.weight tensor llama.cpp's {arch} graph cannot use; fix: re-export with yarnconv export --gguf --gguf-rope keys"
     if want.rope_type == "yarn" and got.rope_type != "yarn":
         return f"the GGUF has no YaRN keys ({arch}.rope.scaling.type is {keys.scaling_type!r}): llama.cpp runs it with plain RoPE; fix: yarnconv extend FILE.gguf --scale {want.factor:g}"
     if want.factor != got.factor:
@@ -73,9 +85,13 @@ def _key_cause(keys: Any, got: Any, s: Subject) -> str:
 def context_check(s: Subject) -> Check:
     """context_length is what llama.cpp and its servers size the context by (n_ctx 0 = train length)."""
     ctx = s.gguf["context_length"] or 0
-    want = s.max_position if s.base is not None else int(round((s.block.original_context or ctx) * (s.block.factor or 1.0)))
+    recorded = s.gguf.get("planned_context")
+    if s.base is not None:
+        want = s.max_position
+    else:
+        want = recorded or int(round((s.block.original_context or ctx) * (s.block.factor or 1.0)))
     measured = {"context_length": ctx, "planned_context": want}
-    if ctx == want or (s.base is None and ctx >= want):
+    if ctx == want or (s.base is None and recorded is None and ctx >= want):
         return Check("GGUF context_length", "passed", measured)
     arch = s.gguf["arch"]
     return Check(

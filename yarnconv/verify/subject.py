@@ -16,6 +16,7 @@ from typing import Any
 from yarnconv import rope
 from yarnconv.config import ConfigView, RopeBlock, read_config
 from yarnconv.errors import YarnconvError
+from yarnconv.gguf.keys import RECORD_KEY
 from yarnconv.storage.files import CONFIG, RECORD, read_json
 
 
@@ -44,7 +45,8 @@ class Subject:
 
     @property
     def original(self) -> int:
-        return self.block.original_context or self.view.max_position or 0
+        """The pretraining length: the plan's, else one a GGUF's keys imply (rope_freqs), else the context."""
+        return self.block.original_context or self.gguf.get("original") or self.view.max_position or 0
 
     def spec(self, block: RopeBlock | None = None) -> rope.RopeSpec:
         return (block or self.block).spec(self.dim, self.view.max_position)
@@ -62,7 +64,8 @@ def _block(data: Any, what: str) -> RopeBlock | None:
     try:
         return RopeBlock(**data)
     except TypeError:
-        raise YarnconvError(f"{RECORD} has an unreadable {what}", "re-run extend, or remove the record to verify the config as it is") from None
+        where = what if what.startswith(RECORD_KEY) else f"{RECORD} has an unreadable {what}"
+        raise YarnconvError(f"{where} cannot be read as a rope plan", "re-run extend, or remove the record to verify the rope as it is") from None
 
 
 def intended_rope(root: Path, view: ConfigView) -> tuple[RopeBlock, str]:
@@ -98,11 +101,12 @@ def gguf_subject(path: Path, base: Path | None) -> Subject:
     from yarnconv.gguf.keys import read_rope
     from yarnconv.verify.weights import gguf_source
 
-    config, _, header = gguf_source(path)
+    config, _, headers = gguf_source(path)
+    header = headers[0]
     arch = header.arch or "?"
-    keys = read_rope(header.get, arch, {t.name for t in header.tensors})
+    keys = read_rope(headers)
     sizes: dict[str, int] = {}
-    for t in header.tensors:
+    for t in (t for h in headers for t in h.tensors):
         if len(t.dims) > 1:
             sizes[t.type_name] = sizes.get(t.type_name, 0) + t.nbytes
     facts = {"arch": arch, "keys": keys, "context_length": keys.context_length, "file_type": header.get("general.file_type")}
@@ -114,6 +118,19 @@ def gguf_subject(path: Path, base: Path | None) -> Subject:
         reference = base if weight_type in ("F32", "F16", "BF16") else path
         return Subject(path, "gguf", hf.view, hf.block, hf.base_block, f"--base {base}: {hf.intent}", reference, weight_type=weight_type, gguf=facts, base=base)
     view = read_config(config)
-    block = keys.block()
-    plain = RopeBlock(theta=block.theta)
-    return Subject(path, "gguf", view, block, plain, "the file's own rope keys, as llama.cpp reads them", path, weight_type=weight_type, gguf=facts)
+    recorded = keys.recorded
+    if recorded is not None:  # the plan yarnconv wrote into the file: the keys are checked against it
+        block = _block(recorded["rope"], f"{RECORD_KEY} key")
+        assert block is not None
+        context = recorded.get("context_length")
+        facts["planned_context"] = context
+        intent = f"{RECORD_KEY} in the file (the plan yarnconv wrote)"
+    else:
+        block, context = keys.block(config.get("head_dim")), keys.context_length
+        intent = "the file's own rope keys and rope_freqs.weight, as llama.cpp reads them"
+    original, source = keys.original()
+    if recorded is None and block.original_context is None and original and original != context:
+        facts["original"] = original
+        intent += f"; original length {original} ({source})"
+    plain = RopeBlock(theta=block.theta, partial_rotary_factor=block.partial_rotary_factor)
+    return Subject(path, "gguf", view, block, plain, intent, path, weight_type=weight_type, gguf=facts)

@@ -166,8 +166,8 @@ def pair_rows(rows: torch.Tensor, heads: int) -> torch.Tensor:
     return rows.reshape(heads, 2, d // 2, *rows.shape[1:]).transpose(1, 2).reshape(rows.shape)
 
 
-def gguf_source(path: Path) -> tuple[dict[str, Any], GGUFWeights, GGUFHeader]:
-    """An HF-style config and HF-named weights for a GGUF file the reference forward can run."""
+def gguf_source(path: Path) -> tuple[dict[str, Any], GGUFWeights, list[GGUFHeader]]:
+    """An HF-style config, HF-named weights and the shards' headers of a GGUF file the reference forward can run."""
     headers = [read_header(p) for p in shard_paths(path)]
     h = headers[0]
     arch = h.arch or "?"
@@ -185,7 +185,7 @@ def gguf_source(path: Path) -> tuple[dict[str, Any], GGUFWeights, GGUFHeader]:
     if not (isinstance(heads, int) and isinstance(layers, int) and isinstance(hidden, int)):
         raise YarnconvError(f"{path.name} lacks {arch}.attention.head_count, block_count or embedding_length", "re-convert it with llama.cpp's converter or yarnconv export")
     head_dim = get("attention.key_length") or hidden // heads
-    keys = read_rope(h.get, arch, names)
+    keys = read_rope(headers)
     config = pseudo_config(keys, layers, head_dim)
     if keys.dim and keys.dim != head_dim:  # rope.dimension_count: the rotated channels of each head
         config["partial_rotary_factor"] = keys.dim / head_dim
@@ -202,4 +202,4 @@ def gguf_source(path: Path) -> tuple[dict[str, Any], GGUFWeights, GGUFHeader]:
         tie_word_embeddings="output.weight" not in names,
         bos_token_id=h.get("tokenizer.ggml.bos_token_id"),
     )
-    return config, GGUFWeights(headers, arch, heads, config["num_key_value_heads"]), h
+    return config, GGUFWeights(headers, arch, heads, config["num_key_value_heads"]), headers
