@@ -63,8 +63,12 @@ def test_layouts_that_disagree_are_an_error_and_block_extend() -> None:
     assert "layouts-disagree" in codes(raw)
     with pytest.raises(YarnconvError, match="ambiguous"):
         plan_extend(raw, ExtendRequest(scale=8.0))
-    plan = plan_extend(raw, ExtendRequest(scale=8.0, force=True))
+    with pytest.raises(YarnconvError) as refused:
+        plan_extend(raw, ExtendRequest(scale=8.0, replace_scaling=True, unverified_family=True))  # each refusal has its own flag
+    assert "--accept-ambiguous-config" in refused.value.one_line()
+    plan = plan_extend(raw, ExtendRequest(scale=8.0, accept_ambiguous_config=True))
     assert "rope_parameters" not in plan.config and plan.config["rope_scaling"]["factor"] == 8.0
+    assert plan.overrides and "(--accept-ambiguous-config)" in plan.overrides[0] and plan.summary()["overrides"] == plan.overrides
 
 
 def test_v5_only_config_warns_that_v4_loses_yarn() -> None:
@@ -172,7 +176,7 @@ def test_bad_requests(request_: ExtendRequest, message: str) -> None:
         plan_extend(tiny_config("llama"), request_)
 
 
-def test_foreign_scaling_needs_force() -> None:
+def test_foreign_scaling_needs_replace_scaling() -> None:
     raw = tiny_config("llama", max_position_embeddings=131072)
     raw["rope_scaling"] = {
         "rope_type": "llama3",
@@ -183,7 +187,11 @@ def test_foreign_scaling_needs_force() -> None:
     }
     with pytest.raises(YarnconvError, match="llama3"):
         plan_extend(raw, ExtendRequest(target_context=262144))
-    plan = plan_extend(raw, ExtendRequest(target_context=262144, force=True))
+    with pytest.raises(YarnconvError) as refused:
+        plan_extend(raw, ExtendRequest(target_context=262144, unverified_family=True, accept_ambiguous_config=True))
+    assert "--replace-scaling" in refused.value.one_line()
+    plan = plan_extend(raw, ExtendRequest(target_context=262144, replace_scaling=True))
+    assert plan.overrides == ["the model already uses 'llama3' RoPE scaling, a different method from yarn (--replace-scaling)"]
     block = plan.config["rope_scaling"]
     assert block["original_max_position_embeddings"] == 8192 and block["factor"] == 32.0 and "low_freq_factor" not in block
 
@@ -201,12 +209,12 @@ def test_non_rope_models_are_refused(raw: dict) -> None:
         plan_extend(raw, ExtendRequest(scale=2))
 
 
-def test_unknown_position_scheme_needs_force() -> None:
+def test_unknown_position_scheme_needs_unverified_family() -> None:
     raw = {"model_type": "mystery", "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 2048}
     with pytest.raises(YarnconvError, match="unknown position scheme"):
         plan_extend(raw, ExtendRequest(scale=2))
-    plan = plan_extend(raw, ExtendRequest(scale=2, force=True))
-    assert plan.config["rope_scaling"]["factor"] == 2.0 and any("assumed RoPE" in n for n in plan.notes)
+    plan = plan_extend(raw, ExtendRequest(scale=2, unverified_family=True))
+    assert plan.config["rope_scaling"]["factor"] == 2.0 and any("not known RoPE (--unverified-family)" in o for o in plan.overrides)
     old_llama = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 2048}
     assert plan_extend(old_llama, ExtendRequest(scale=2)).config["rope_theta"] == 10000.0  # theta written explicitly
 

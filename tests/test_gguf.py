@@ -467,7 +467,7 @@ def test_in_place_refused_when_the_header_does_not_fit(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.gguf"]
 
 
-def test_patch_refuses_another_scaling_without_force(tmp_path: Path, short_gguf: Path) -> None:
+def test_patch_refuses_another_scaling_without_replace_scaling(tmp_path: Path, short_gguf: Path) -> None:
     from yarnconv.gguf.patch import patch
 
     linear = tmp_path / "lin.gguf"
@@ -475,8 +475,12 @@ def test_patch_refuses_another_scaling_without_force(tmp_path: Path, short_gguf:
     with pytest.raises(YarnconvError, match="already uses 'linear'"):
         patch(linear, tmp_path / "y.gguf", ExtendRequest(scale=4), progress=False)
     assert not (tmp_path / "y.gguf").exists()
-    patch(linear, tmp_path / "y.gguf", ExtendRequest(scale=4, force=True), progress=False)
+    with pytest.raises(YarnconvError) as refused:
+        patch(linear, tmp_path / "y.gguf", ExtendRequest(scale=4), force_output=True, progress=False)  # --force only replaces outputs
+    assert "--replace-scaling" in refused.value.one_line()
+    record = patch(linear, tmp_path / "y.gguf", ExtendRequest(scale=4, replace_scaling=True), progress=False)
     assert read_header(tmp_path / "y.gguf").get("llama.rope.scaling.type") == "yarn"
+    assert record["overrides"] == ["the model already uses 'linear' RoPE scaling, a different method from yarn (--replace-scaling)"]
 
 
 def test_inspect_gguf_reports_what_llama_cpp_will_do(tmp_path: Path, short_gguf: Path) -> None:

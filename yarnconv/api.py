@@ -62,7 +62,7 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
         from yarnconv.gguf.patch import patch
 
         record = patch(
-            model, job.output, job.rope, in_place=job.in_place, force_output=job.rope.force, link=job.link or "auto", dry_run=job.dry_run, progress=progress
+            model, job.output, job.rope, in_place=job.in_place, force_output=job.force, link=job.link or "auto", dry_run=job.dry_run, progress=progress
         )
         return _verified(Result("extend", route, record), record.get("output") or model, None, job.verify)
     if route == "gguf":
@@ -90,7 +90,7 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
             split_max_size=job.export.split_bytes(),
             imatrix=job.export.imatrix,
             quant_loss=_quant_loss if job.verify else None,
-            force=job.rope.force,
+            force=job.force,
             dry_run=job.dry_run,
             progress=progress,
         )
@@ -106,7 +106,7 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
         job.output,  # type: ignore[arg-type]
         job.rope,
         link=job.link or "auto",
-        force=job.rope.force,
+        force=job.force,
         precompute_inv_freq=job.precompute_inv_freq,
         revision=job.revision,
         progress=progress,
@@ -313,7 +313,7 @@ def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: boo
         raise UsageError(f"{r.path} names no [source] model", "pass --model DIR (or a Hub id)")
     if job.push and r.push is None:
         raise UsageError(f"{r.path} has no [push] table to push to", 'add [push] repo = "name", or drop --push')
-    rope = dataclasses.replace(r.extend, force=job.force)
+    rope = r.extend
     revision = r.revision if not job.model else None
     record: dict[str, Any] = {"dry_run": job.dry_run, **as_dict(r), "model": str(model), "steps": _steps(r, model, str(job.output or "OUTPUT"), job.push)}
     if job.dry_run:
@@ -324,7 +324,7 @@ def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: boo
     out = Path(job.output)
     gguf_dir = out.parent / f"{out.name}-GGUF"
     checks = r.verify is not None
-    ext_job = ExtendJob(output=str(out), rope=rope, link=r.link, precompute_inv_freq=r.precompute_inv_freq, revision=revision, verify=checks and r.hf is None)
+    ext_job = ExtendJob(output=str(out), rope=rope, force=job.force, link=r.link, precompute_inv_freq=r.precompute_inv_freq, revision=revision, verify=checks and r.hf is None)
     if r.hf is None:
         record["extend"] = extend(model, ext_job, progress=progress).record
     else:  # extend beside the output, then write the checkpoint in the recipe's dtype and shards
@@ -378,5 +378,5 @@ def _steps(r: Any, model: str, out: str, pushing: bool) -> list[str]:
 def _given(request: Any) -> dict[str, Any]:
     from yarnconv.options import given
 
-    return {name: getattr(request, name) for name in given(request) if name != "force"}
+    return {name: getattr(request, name) for name in given(request)}
 

@@ -68,6 +68,7 @@ class ExtendJob:
     gguf: bool = option(False, "Write a GGUF file instead of an HF checkpoint (extend and export in one go).")
     export: GGUFOptions = group(GGUFOptions)
     rope: ExtendRequest = group(ExtendRequest)
+    force: bool = option(False, "Replace an existing output.")
     link: str | None = option(
         help="How weight files reach the output; auto tries reflink, hardlink, then copy.", choices=LINK_MODES, shown="auto"
     )

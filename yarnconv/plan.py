@@ -27,7 +27,7 @@ from yarnconv.config import (
 from yarnconv.errors import UsageError, YarnconvError
 from yarnconv.options import option
 
-# Keys that belong to another scaling method; dropped when --force replaces it with YaRN.
+# Keys that belong to another scaling method; dropped when --replace-scaling replaces it with YaRN.
 METHOD_KEYS = {"low_freq_factor", "high_freq_factor", "short_factor", "long_factor"}
 # Known pretraining lengths whose max_position_embeddings is not a power of two.
 METHODS = ("yarn", "linear", "dynamic")
@@ -52,7 +52,13 @@ class ExtendRequest:
     schema: Schema | None = option(
         help="Config layout to write: " + "; ".join(f"{k}: {v}" for k, v in SCHEMA_HELP.items()), choices=SCHEMAS, shown="portable"
     )
-    force: bool = option(False, "Replace an existing output; replace a non-YaRN scaling.")
+    replace_scaling: bool = option(
+        False, "Replace the model's non-YaRN scaling (llama3, longrope, linear, dynamic) or switch YaRN to another method: the result is a different model."
+    )
+    unverified_family: bool = option(
+        False, "Write YaRN for a family no runtime check covers (the repo's own modeling code, an unknown model_type, a config class transformers 4.x rejects, a GGUF arch llama.cpp scales its own way)."
+    )
+    accept_ambiguous_config: bool = option(False, "Extend a config whose rope keys contradict each other, as yarnconv reads them (runtimes may read them otherwise).")
 
 
 @dataclass
@@ -69,6 +75,7 @@ class ExtendPlan:
     num_layers: int
     notes: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # refusals the request overrode, with the flag
     layer_ropes: dict[str, RopeBlock] = field(default_factory=dict)  # per layer type, when they differ (Gemma 3)
     layer_types: list[str] = field(default_factory=list)  # the type of each layer, when known
     section: tuple[str, ...] = ()  # where the text model's settings live in ``config`` (text_config)
@@ -92,6 +99,7 @@ class ExtendPlan:
             "rope_after": self.after.to_dict(),
             **({"layer_ropes_after": {k: v.to_dict() for k, v in self.layer_ropes.items()}} if self.layer_ropes else {}),
             "notes": self.notes,
+            "overrides": self.overrides,
             "findings": [f.__dict__ for f in self.findings],
         }
 
@@ -114,11 +122,11 @@ def _original_context(view: ConfigView, req: ExtendRequest, notes: list[str]) ->
     if req.original_context is not None:
         if req.original_context <= 0:
             raise YarnconvError(f"--original-context must be positive, got {req.original_context}", "pass the pretraining context length")
-        if view.max_position and req.original_context > view.max_position and not req.force:
+        if view.max_position and req.original_context > view.max_position and "max_position_embeddings" not in view.defaulted:
             raise YarnconvError(
                 f"--original-context {req.original_context} is above the model's max_position_embeddings {view.max_position}; "
                 "a model is never pretrained longer than its own context",
-                f"pass the length it was pretrained at (at most {view.max_position}), or --force",
+                f"pass the length it was pretrained at (at most {view.max_position})",
             )
         if before.original_context and before.original_context != req.original_context:
             notes.append(f"original context overridden: config says {before.original_context}, using {req.original_context}")
@@ -129,8 +137,14 @@ def _original_context(view: ConfigView, req: ExtendRequest, notes: list[str]) ->
     if isinstance(top, int) and top > 0:
         return top, "top-level original_max_position_embeddings"
     m = view.max_position
-    if m is None:
-        raise YarnconvError("config.json has no max_position_embeddings", "pass --original-context with the pretraining length")
+    if m is None or "max_position_embeddings" in view.defaulted:
+        # a class default is transformers' fallback, not this model's pretraining length: no guess
+        default = f" (transformers' {view.model_type} class default would be {m})" if m else ""
+        flag = f"--original-context {m}" if m else "--original-context"
+        raise YarnconvError(
+            f"config.json has no max_position_embeddings{default}, so the pretraining length is unknown",
+            f"pass {flag} if the model was pretrained at {m or 'that length'}, else --original-context with the length it was",
+        )
     if not _looks_like_pretraining_length(m):
         known = _KNOWN_ORIGINALS.get((view.model_type or "", m))
         hint = (
@@ -211,34 +225,38 @@ def _attention(req: ExtendRequest, before: RopeBlock, notes: list[str]) -> dict[
     return {"attention_factor": before.attention_factor, "mscale": before.mscale, "mscale_all_dim": before.mscale_all_dim}
 
 
-def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
-    """Decide the new config for ``req``. Raises :class:`YarnconvError` on anything ambiguous."""
-    view = read_config(raw)
-    if req.method not in METHODS:
-        raise YarnconvError(f"unknown method {req.method!r}", "choose yarn, linear or dynamic")
-    notes: list[str] = []
+def override(overrides: list[str], allowed: bool, flag: str, problem: str, fix: str) -> None:
+    """Refuse ``problem`` unless its flag was given; an overridden refusal is recorded with the flag."""
+    if not allowed:
+        raise YarnconvError(problem, fix)
+    overrides.append(f"{problem} ({flag})")
+
+
+def _refusals(view: ConfigView, req: ExtendRequest, overrides: list[str]) -> None:
+    """Everything yarnconv refuses to extend, each with the one flag that overrides it (or none)."""
     scheme = positional_scheme(view)
-    if scheme and scheme.startswith("an unknown") and req.force:
-        notes.append(f"assumed RoPE for model_type {view.model_type!r} (--force)")
-    elif scheme:
-        unknown = scheme.startswith("an unknown")
-        hint = (
-            "if it does use RoPE, add rope_theta to config.json or pass --force"
-            if unknown
-            else "YaRN applies to rotary-embedding models only"
-        )
-        raise YarnconvError(f"{view.model_type or 'this model'} uses {scheme}, not RoPE; there is nothing to rescale", hint)
+    if scheme and not scheme.startswith("an unknown"):
+        raise YarnconvError(f"{view.model_type or 'this model'} uses {scheme}, not RoPE; there is nothing to rescale", "YaRN applies to rotary-embedding models only")
+    if scheme:
+        override(
+            overrides, req.unverified_family, "--unverified-family",
+            f"{view.model_type or 'this model'} uses {scheme}, not known RoPE",
+            "if it does use RoPE, add rope_theta to config.json or pass --unverified-family",
+        )  # fmt: skip
+    if view.model_type in families.REFUSED_MODEL_TYPES:  # no runtime loads the output: never written
+        raise YarnconvError(f"{view.model_type}: {families.REFUSED_MODEL_TYPES[view.model_type]}", "extend it with its own scaling, or pick a family transformers loads with YaRN")
     refused = families.refusal(view.model_type)
-    if refused and not req.force:
-        raise YarnconvError(f"{view.model_type}: {refused}", "--force writes it anyway")
-    auto_map = view.raw.get("auto_map") or view.text.get("auto_map") or {}
-    if view.custom_code_only and not req.force:
+    if refused:
+        override(overrides, req.unverified_family, "--unverified-family", f"{view.model_type}: {refused}", "pass --unverified-family to write it for transformers >= 5 only")
+    if view.custom_code_only:
+        auto_map = view.raw.get("auto_map") or view.text.get("auto_map") or {}
         auto_map = auto_map if isinstance(auto_map, dict) else {}
-        raise YarnconvError(
+        override(
+            overrides, req.unverified_family, "--unverified-family",
             f"{view.model_type} runs custom modeling code ({auto_map.get('AutoModelForCausalLM', 'auto_map')}) that transformers does not ship; "
             "yarnconv cannot tell whether it implements YaRN",
-            "check the repo's modeling code, then pass --force to write the config anyway",
-        )
+            "check the repo's modeling code, then pass --unverified-family to write the config anyway",
+        )  # fmt: skip
     if view.nested and set(view.layer_ropes) - {"full_attention", "sliding_attention"}:
         raise YarnconvError(
             f"per-layer-type rope_parameters for {', '.join(sorted(view.layer_ropes))} are not supported by extend",
@@ -247,26 +265,38 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
     if view.nested and view.layer_ropes.get("sliding_attention", view.rope).rope_type != "default":
         raise YarnconvError("the sliding-attention layers already use a scaled rope", "extend a model whose sliding layers use plain RoPE")
     if view.rope_head_dim is None:
-        raise YarnconvError(
-            "config.json has no head_dim and no hidden_size/num_attention_heads", "is this a decoder-only transformer config?"
-        )
+        raise YarnconvError("config.json has no head_dim and no hidden_size/num_attention_heads", "is this a decoder-only transformer config?")
     if view.rotary_dim is None or view.rotary_dim <= 0 or view.rotary_dim % 2:
         raise YarnconvError(f"rotary dimension {view.rotary_dim} is not a positive even number", "check head_dim and partial_rotary_factor")
     errors = [f for f in view.findings if f.code in ("type-conflict", "theta-conflict", "partial-rotary-conflict", "layouts-disagree")]
-    if errors and not req.force:
-        raise YarnconvError(
-            f"the source config is ambiguous: {errors[0].message}", "fix config.json, or pass --force to use yarnconv's reading"
-        )
+    if errors:
+        override(
+            overrides, req.accept_ambiguous_config, "--accept-ambiguous-config",
+            f"the source config is ambiguous: {errors[0].message}", "fix config.json, or pass --accept-ambiguous-config to use yarnconv's reading",
+        )  # fmt: skip
     before = view.rope
-    if before.rope_type not in ("default", "yarn") and not req.force:
-        raise YarnconvError(
-            f"the model already uses {before.rope_type!r} RoPE scaling, a different method from {req.method}",
-            "pass --force to replace it (the result is a different model)",
-        )
     if before.rope_type not in ("default", "yarn"):
-        notes.append(f"replaced the source's {before.rope_type!r} scaling (--force)")
-    if before.rope_type == "yarn" and req.method != "yarn" and not req.force:
-        raise YarnconvError(f"the model already uses YaRN; switching it to {req.method} changes the model", "pass --force to do it anyway")
+        override(
+            overrides, req.replace_scaling, "--replace-scaling",
+            f"the model already uses {before.rope_type!r} RoPE scaling, a different method from {req.method}",
+            "pass --replace-scaling to replace it (the result is a different model)",
+        )  # fmt: skip
+    if before.rope_type == "yarn" and req.method != "yarn":
+        override(
+            overrides, req.replace_scaling, "--replace-scaling",
+            f"the model already uses YaRN; switching it to {req.method} changes the model", "pass --replace-scaling to do it anyway",
+        )  # fmt: skip
+
+
+def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
+    """Decide the new config for ``req``. Raises :class:`YarnconvError` on anything ambiguous."""
+    view = read_config(raw)
+    if req.method not in METHODS:
+        raise YarnconvError(f"unknown method {req.method!r}", "choose yarn, linear or dynamic")
+    notes: list[str] = []
+    overrides: list[str] = []
+    _refusals(view, req, overrides)
+    before = view.rope
     original, source = _original_context(view, req, notes)
     factor, length = _factor_and_length(req, original, view.max_position if req.method != "dynamic" else None)
     if req.method == "dynamic":
@@ -318,7 +348,7 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
         notes.append(f"YaRN applies to the full-attention layers; sliding-window layers keep theta {view.layer_ropes['sliding_attention'].theta:g}")
     after_view = read_config(new)
     plan = ExtendPlan(
-        new, before, after, view.max_position, length, source, view.rope_head_dim, view.num_layers or 0, notes, after_view.findings,
+        new, before, after, view.max_position, length, source, view.rope_head_dim, view.num_layers or 0, notes, after_view.findings, overrides,
         layer_ropes=after_view.layer_ropes, layer_types=layer_types(after_view), section=view.section,
     )  # fmt: skip
     # Self-check: the written config must read back as exactly the planned block.

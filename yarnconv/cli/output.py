@@ -33,6 +33,8 @@ def print_change(p: dict[str, Any]) -> None:
     )
     for note in p["notes"]:
         click.echo(f"  note: {note}")
+    for o in p.get("overrides") or []:
+        click.echo(f"  OVERRIDDEN: {o}")
     for f in p["findings"]:
         if f["level"] != "info":
             click.echo(f"  {f['level']}: {f['code']}: {f['message']}")

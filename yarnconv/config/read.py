@@ -91,6 +91,7 @@ def _block_from_dict(
     theta = theta_in if theta_in is not None else theta_top
     if theta is None and theta_default is not None:
         theta = theta_default
+        findings.append(Finding("info", "theta-class-default", f"rope_theta not in config.json: read as the class default {theta:g}"))
     elif theta is None:
         findings.append(
             Finding(

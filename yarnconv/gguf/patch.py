@@ -47,7 +47,7 @@ from yarnconv.gguf.keys import (
     read_rope,
     record_value,
 )
-from yarnconv.plan import ExtendPlan, ExtendRequest, plan_extend
+from yarnconv.plan import ExtendPlan, ExtendRequest, override, plan_extend
 from yarnconv.storage.atomic import atomic_files, check_new_files, require_space
 from yarnconv.storage.files import place_file
 from yarnconv.storage.progress import progress_bar
@@ -63,6 +63,7 @@ class GGUFPatchPlan:
     plan: ExtendPlan
     keys: KeyPlan
     notes: list[str] = field(default_factory=list)
+    overrides: list[str] = field(default_factory=list)  # the file-level refusals overridden (the config-level ones are in plan)
 
     def summary(self) -> dict[str, Any]:
         out = self.plan.summary()
@@ -70,6 +71,7 @@ class GGUFPatchPlan:
         out["architecture"] = self.header.arch
         out["gguf_keys"] = self.keys.summary()
         out["notes"] = out["notes"] + self.notes
+        out["overrides"] = self.overrides + out["overrides"]
         out["llama_cpp_equivalent_flags"] = " ".join(llama_cpp_flags(self.plan.after, self.plan.max_position_after))
         return out
 
@@ -88,10 +90,12 @@ def plan_patch(header: GGUFHeader, request: ExtendRequest) -> GGUFPatchPlan:
         raise YarnconvError(
             f"{arch} uses {NO_ROPE_ARCHS[arch]}, not RoPE; there is nothing to rescale", "YaRN applies to rotary-embedding models"
         )
-    if arch in SPECIAL_YARN_ARCHS and not request.force:
-        raise YarnconvError(
-            f"llama.cpp handles YaRN specially for {arch}: {SPECIAL_YARN_ARCHS[arch]}", "pass --force to write the generic keys anyway"
-        )
+    overrides: list[str] = []
+    if arch in SPECIAL_YARN_ARCHS:
+        override(
+            overrides, request.unverified_family, "--unverified-family",
+            f"llama.cpp handles YaRN specially for {arch}: {SPECIAL_YARN_ARCHS[arch]}", "pass --unverified-family to write the generic keys anyway",
+        )  # fmt: skip
     if header.get(f"{arch}.context_length") is None:
         raise YarnconvError(f"{header.path.name} has no {arch}.context_length", "this file cannot be loaded by llama.cpp as is")
     if request.method == "dynamic":
@@ -99,12 +103,11 @@ def plan_patch(header: GGUFHeader, request: ExtendRequest) -> GGUFPatchPlan:
     current = read_rope(header)
     notes: list[str] = []
     if current.has_rope_freqs:
-        if not request.force:
-            raise YarnconvError(
-                "this file has a rope_freqs.weight tensor (Llama-3-style or precomputed scaling); YaRN would stack on top of it",
-                "pass --force to stack them anyway",
-            )
-        notes.append("kept rope_freqs.weight; llama.cpp applies YaRN on top of it (--force)")
+        override(
+            overrides, request.replace_scaling, "--replace-scaling",
+            "this file has a rope_freqs.weight tensor (Llama-3-style or precomputed scaling); YaRN would stack on top of it",
+            "pass --replace-scaling to stack them anyway (the tensor is kept)",
+        )  # fmt: skip
     if current.scaling_type not in ("none", "linear", "yarn"):
         raise YarnconvError(
             f"{arch}.rope.scaling.type is {current.scaling_type!r}, which yarnconv cannot re-plan", "patch a file without it"
@@ -116,7 +119,7 @@ def plan_patch(header: GGUFHeader, request: ExtendRequest) -> GGUFPatchPlan:
         stacked = replace(plan.after, freq_factors=current.freq_factors)
         keys.sets[RECORD_KEY] = (GGUFValueType.STRING, record_value(stacked, plan.max_position_after))
     keys.removes &= set(header.kvs)
-    return GGUFPatchPlan(header, plan, keys, notes)
+    return GGUFPatchPlan(header, plan, keys, notes, overrides)
 
 
 def _head_dim(header: GGUFHeader, arch: str) -> int:

@@ -1,5 +1,6 @@
-"""The model card (README.md) of an extended checkpoint or its GGUF folder, through huggingface_hub's
-``ModelCard`` / ``ModelCardData``.
+"""The model card (README.md) of an extended checkpoint or its GGUF folder: YAML front matter the Hub
+parses (the fields of huggingface_hub's ``ModelCardData``), then markdown. Written from a template:
+extend and export must not import the Hub client (about a second), only push does.
 
 Metadata: ``base_model`` (the Hub id the source came from, when known), ``base_model_relation``
 ``quantized`` for a GGUF folder and none otherwise (only the config changed: no finetune, adapter or
@@ -11,6 +12,7 @@ there, the recipe when one was used, and the launch commands from :mod:`yarnconv
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -43,27 +45,64 @@ def base_model(record: dict[str, Any], root: Path) -> str | None:
     return None
 
 
+LICENSE_KEYS = ("license", "license_name", "license_link")
+_SCALAR = re.compile(r"^(license|license_name|license_link):[ \t]*(.+?)[ \t]*$")
+
+
+def front_matter_scalars(text: str, keys: tuple[str, ...] = LICENSE_KEYS) -> dict[str, str]:
+    """Top-level scalar ``key: value`` pairs of a card's YAML front matter (the license fields are
+    plain or quoted scalars on the Hub); anything else in the YAML is left alone."""
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return {}
+    found: dict[str, str] = {}
+    for line in lines[1:]:
+        if line.strip() == "---":
+            break
+        m = _SCALAR.match(line)
+        if m and m[1] in keys:
+            value = m[2].split(" #", 1)[0].strip()
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            if value:
+                found[m[1]] = value
+    return found
+
+
 def _source_license(root: Path, record: dict[str, Any]) -> dict[str, Any]:
     """license, license_name and license_link from the source's own card (copied beside the weights)."""
-    from huggingface_hub import ModelCard
-
     for card in (Path((record.get("source") or {}).get("path") or "") / CARD, root / CARD):
         if card.is_file():
             try:
-                data = ModelCard.load(card).data.to_dict()
-            except Exception:  # noqa: BLE001 - a broken source card only loses the license
+                found = front_matter_scalars(card.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError):  # an unreadable source card only loses the license
                 continue
-            found = {k: data[k] for k in ("license", "license_name", "license_link") if data.get(k)}
             if found:  # the source's card, else our own earlier card (which carried the source's license)
                 return found
     return {}
 
 
+def _yaml_scalar(value: str) -> str:
+    """A plain YAML scalar when that reads back as the same string, else a double-quoted one (JSON's
+    escapes are YAML's)."""
+    plain = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/+-]*", value) and value.lower() not in ("true", "false", "null", "yes", "no", "on", "off", "~")
+    return value if plain and not re.fullmatch(r"[0-9.eE+-]+", value) else json.dumps(value, ensure_ascii=False)
+
+
+def front_matter(meta: dict[str, Any]) -> str:
+    """The card's YAML metadata block (strings and lists of strings)."""
+    out = ["---"]
+    for k, v in meta.items():
+        if isinstance(v, list):
+            out += [f"{k}:", *(f"- {_yaml_scalar(str(x))}" for x in v)]
+        else:
+            out.append(f"{k}: {_yaml_scalar(str(v))}")
+    return "\n".join([*out, "---"])
+
+
 def build_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None, figure: bool = True) -> str:
     """The card text for the checkpoint directory ``root`` (or, with ``gguf``, the folder of GGUF
     files made from the checkpoint at ``record_dir``)."""
-    from huggingface_hub import ModelCard, ModelCardData
-
     home = record_dir or root
     if not (home / RECORD).is_file():
         raise YarnconvError(f"{home} has no {RECORD}: not a yarnconv output", "write the card for what yarnconv extend or run wrote")
@@ -76,10 +115,7 @@ def build_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None
             meta["base_model_relation"] = "quantized"
     if not gguf:
         meta["library_name"] = "transformers"
-    data = ModelCardData(**meta)
-    body = _body(root, home, record, base, gguf, figure)
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-    return str(card)
+    return f"{front_matter(meta)}\n\n{_body(root, home, record, base, gguf, figure)}"
 
 
 def _body(root: Path, home: Path, record: dict[str, Any], base: str | None, gguf: bool, figure: bool) -> str:
@@ -102,6 +138,9 @@ def _body(root: Path, home: Path, record: dict[str, Any], base: str | None, gguf
     rows = [("method", after.get("rope_type")), ("factor s", factor), ("original context L", original), ("new context", ctx.get("after")), ("rope theta", after.get("theta")), ("beta_fast / beta_slow", f"{after.get('beta_fast')} / {after.get('beta_slow')}"), ("attention factor", f"{attention:.6g}" if attention else None)]
     lines += [f"| {k} | {v} |" for k, v in rows if v is not None]
     lines += ["", STATIC_NOTE, ""]
+    if record.get("overrides"):
+        lines += ["## Refusals overridden", "", "yarnconv refused this conversion and was told to write it anyway:", ""]
+        lines += [f"- {o}" for o in record["overrides"]] + [""]
     from yarnconv.publish import plot
 
     if (figure and plot.available()) or (root / plot.PNG).is_file():

@@ -85,7 +85,7 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     except tomllib.TOMLDecodeError as exc:
         raise YarnconvError(f"{where}: not valid TOML ({exc})", "fix the syntax at that line") from None
     known = {"recipe": {"name": str, "description": str}, "source": {"model": str, "revision": str}}
-    known["extend"] = {**_field_types(ExtendRequest, skip={"force"}), **EXTEND_EXTRA}
+    known["extend"] = {**_field_types(ExtendRequest), **EXTEND_EXTRA}
     known["gguf"] = {**_field_types(GGUFOptions), "outtype": (str, list)}
     known["verify"] = {**_field_types(VerifyJob, skip=VERIFY_SKIP), "enabled": bool}
     known["hf"] = {"dtype": ("f32", "f16", "bf16"), "max_shard_size": str}

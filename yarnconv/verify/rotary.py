@@ -89,3 +89,42 @@ def _find_rotary(model: Any) -> Any:
         if hasattr(module, "inv_freq") and hasattr(module, "attention_scaling"):
             return module
     raise RuntimeError("no rotary embedding module found in the model")
+
+
+def sidecar_check(path: Path, spec: rope.RopeSpec, layer_specs: dict[str, rope.RopeSpec], layer_types: list[str]) -> Check:
+    """``yarnconv_rope.safetensors`` (extend --precompute-inv-freq) holds the plan's buffers: float32
+    inv_freq as transformers builds it, the float64 values, the magnitude, per layer type and per layer."""
+    from safetensors.torch import load_file
+
+    name = "precomputed rope buffers (yarnconv_rope.safetensors)"
+    try:
+        got = load_file(str(path))
+    except Exception as exc:  # a damaged file of any kind is this check's failure, not a crash
+        return Check(name, "failed", reason=f"{path.name} cannot be read ({exc}); fix: re-run extend --precompute-inv-freq")
+    wanted: dict[str, tuple[rope.RopeSpec, str]] = {"": (spec, "")}
+    wanted.update({f"{lt}.": (s, lt) for lt, s in layer_specs.items()})
+    worst, measured = "", {"inv_freq_max_rel_diff": 0.0, "attention_factor_diff": 0.0, "pairs_match": True}
+    for i, lt in enumerate(layer_types or []):
+        wanted[f"model.layers.{i}.self_attn.rotary_emb."] = (layer_specs.get(lt, spec), lt)
+    for prefix, (want_spec, _) in wanted.items():
+        f32 = rope.compute(want_spec, precision="float32")
+        checks = [(f"{prefix}inv_freq", f32.inv_freq)]
+        if not prefix.startswith("model.layers."):
+            checks.append((f"{prefix}inv_freq_float64", rope.compute(want_spec).inv_freq))
+            a = got.get(f"{prefix}attention_scaling")
+            diff = abs(float(a[0]) - f32.attention_factor) if a is not None and a.numel() == 1 else float("inf")
+            if diff > measured["attention_factor_diff"]:
+                measured["attention_factor_diff"], worst = diff, worst or f"{prefix}attention_scaling"
+        for key, want in checks:
+            t = got.get(key)
+            pairs = t is not None and t.numel() == len(want)
+            rel = max((abs(float(x) - w) / w for x, w in zip(t.tolist(), want, strict=True)), default=0.0) if pairs else float("inf")
+            measured["pairs_match"] &= pairs
+            if rel > measured["inv_freq_max_rel_diff"]:
+                measured["inv_freq_max_rel_diff"] = rel
+            if (rel > 1e-6 or not pairs) and not worst:
+                worst = key
+    check = judge(name, measured, (Bound("pairs_match", "==", True), Bound("inv_freq_max_rel_diff", "<=", 1e-6), Bound("attention_factor_diff", "<=", 1e-6)))
+    if check.passed:
+        return check
+    return Check(name, "failed", measured, check.bounds, f"{worst} in {path.name} is not the plan's; fix: re-run extend --precompute-inv-freq")

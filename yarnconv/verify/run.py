@@ -307,15 +307,15 @@ def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: n
         except ImportError:
             return [skipped("transformers", "transformers is not installed (pip install transformers)")]
         layer_specs = {lt: s.spec(b) for lt, b in s.layer_blocks.items()} if len(table) > 1 or "" not in table else None
-        tables = rope_table_check(table, s.spec(), layer_specs)
+        tables = [rope_table_check(table, s.spec(), layer_specs), *_sidecar_checks(s)]
         half = s.engine_dtype != "float32"
         if planned is None or plain is None:
             why = f"the reference forward runs {', '.join(sorted(FAMILIES))}, not {s.view.model_type}: rope tables only"
-            return [tables, skipped("transformers logits", why, LOGIT_BOUNDS), skipped("transformers applies the planned scaling", why)]
+            return [*tables, skipped("transformers logits", why, LOGIT_BOUNDS), skipped("transformers applies the planned scaling", why)]
         if keep is not None:
             keep["got"] = got
         return [
-            tables,
+            *tables,
             *region_checks(planned, got, probe, s.original, "transformers", HALF_BOUNDS if half else LOGIT_BOUNDS, half=half),
             noop_check(planned, plain, got, probe.positions, s.original, "transformers", margin=5.0 if half else 10.0),
         ]
@@ -333,6 +333,19 @@ def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: n
     if keep is not None:
         keep["got"] = got
     return [*checks, *region_checks(planned, got, probe, s.original, "llama.cpp", bounds), noop_check(planned, plain, got, probe.positions, s.original, "llama.cpp")]
+
+
+def _sidecar_checks(s: Subject) -> list[Check]:
+    """The precomputed buffers extend --precompute-inv-freq wrote, when the checkpoint has them."""
+    from yarnconv.plan import layer_types
+    from yarnconv.storage.files import SIDECAR
+    from yarnconv.verify.rotary import sidecar_check
+
+    path = s.path / SIDECAR
+    if not path.is_file():
+        return []
+    types = layer_types(s.view) or [""] * (s.view.num_layers or 0)
+    return [sidecar_check(path, s.spec(), {lt: s.spec(b) for lt, b in s.layer_blocks.items()}, types)]
 
 
 def save_report(path: Path, report: dict[str, Any]) -> Path:
