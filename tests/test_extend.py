@@ -363,3 +363,24 @@ def test_odd_but_harmless_config_values_are_not_errors(tmp_path: Path) -> None:
     assert run("inspect", src).exit_code == 0
     assert run("extend", src, "-o", tmp_path / "out", "--scale", "2", "-q").exit_code == 0
     assert json.loads((tmp_path / "out" / "config.json").read_text())["torch_dtype"] == ["float32"]
+
+
+HEAVY = ("huggingface_hub", "httpx", "requests", "torch", "transformers", "numpy", "safetensors", "gguf", "tqdm")
+
+
+@pytest.mark.parametrize("args", [[], ["--dry-run"], ["--json"]])
+def test_extend_process_imports_nothing_heavy(tmp_path: Path, llama_dir: Path, args: list[str]) -> None:
+    """extend is a config edit: its start-up must not pay for the Hub client (the card is a template),
+    torch, numpy or the runtimes. Checked by module names, not by a clock."""
+    import subprocess
+    import sys
+
+    out = [] if "--dry-run" in args else ["-o", str(tmp_path / "out")]
+    code = "import sys\nfrom yarnconv.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+    code += "print('MODULES', ' '.join(sorted({m.split('.')[0] for m in sys.modules})), file=sys.stderr)\n"
+    done = subprocess.run([sys.executable, "-c", code, "extend", str(llama_dir), "--scale", "4", "-q", *out, *args], capture_output=True, text=True, timeout=120)
+    line = next(x for x in done.stderr.splitlines() if x.startswith("MODULES "))
+    loaded = set(line.split()[1:])
+    assert "yarnconv" in loaded and not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+    if out:
+        assert (tmp_path / "out" / "README.md").read_text().startswith("---\ntags:\n- yarn\n")

@@ -175,6 +175,7 @@ class _Cursor:
 
     def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
         self.buf, self.pos, self.path, self.size = buf, 0, path, len(buf)
+        self.tokens: tuple[int, int] | None = None  # where tokenizer.ggml.tokens' strings start, and how many
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or self.pos + n > self.size:
@@ -219,18 +220,15 @@ def _read_value(cur: _Cursor, vtype: GGUFValueType, key: str) -> tuple[Any, GGUF
     if sub == GGUFValueType.STRING:
         cur.need(count * 8, f"{key} ({count} strings)")  # each string needs at least its length field
         pos, buf, size, unpack = cur.pos, cur.buf, cur.size, _U64.unpack_from  # hot loop: vocabularies
-        seen: set[bytes] | None = set() if key == "tokenizer.ggml.tokens" else None
-        for _ in range(count):
+        if key == "tokenizer.ggml.tokens":
+            cur.tokens = (pos, count)  # checked for repeats once the whole header has proved sound
+        for _ in range(count):  # lengths only: nothing is sliced before every length is known to fit
             if pos + 8 > size:
                 raise _corrupt(cur.path, f"truncated: {key} runs past the end of the file ({size} bytes)")
             n = unpack(buf, pos)[0]
-            if seen is not None:  # llama.cpp reads tokens as C strings: a NUL ends them
-                seen.add(buf[pos + 8 : pos + 8 + n].split(b"\0", 1)[0])
+            if n > size - pos - 8:
+                raise _corrupt(cur.path, f"truncated: {key} runs past the end of the file ({size} bytes)")
             pos += 8 + n
-        if pos > size:
-            raise _corrupt(cur.path, f"truncated: {key} runs past the end of the file ({size} bytes)")
-        if seen is not None and len(seen) != count:  # llama.cpp aborts (GGML_ASSERT) on a repeated token
-            raise _corrupt(cur.path, f"{key} repeats a token ({count - len(seen)} duplicates); llama.cpp aborts loading it")
         cur.pos = pos
         return None, sub, count
     if sub not in _SCALAR:
@@ -242,6 +240,19 @@ def _read_value(cur: _Cursor, vtype: GGUFValueType, key: str) -> tuple[Any, GGUF
         value = list(struct.unpack_from(f"<{count}{_SCALAR[sub][1]}", cur.buf, cur.pos))
     cur.pos += count * width
     return value, sub, count
+
+
+def _check_unique_tokens(buf: mmap.mmap | bytes, path: Path, pos: int, count: int) -> None:
+    """llama.cpp aborts (GGML_ASSERT) on a repeated token, reading each as a C string (a NUL ends it).
+    Run only on a header whose every length and offset has been checked: the slices stay inside it."""
+    seen: set[bytes] = set()
+    unpack = _U64.unpack_from
+    for _ in range(count):
+        n = unpack(buf, pos)[0]
+        seen.add(buf[pos + 8 : pos + 8 + n].split(b"\0", 1)[0])
+        pos += 8 + n
+    if len(seen) != count:
+        raise _corrupt(path, f"tokenizer.ggml.tokens repeats a token ({count - len(seen)} duplicates); llama.cpp aborts loading it")
 
 
 def tensor_nbytes(dims: tuple[int, ...], type_id: int) -> int:
@@ -331,6 +342,8 @@ def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFHeader:
                 if t.offset % alignment == 0
                 else f"tensor {t.name!r} offset {t.offset} is not aligned to {alignment}",
             )
+    if cur.tokens is not None:
+        _check_unique_tokens(buf, path, *cur.tokens)
     return GGUFHeader(path, size, version, kvs, tensors, kv_start, tensor_info_start, tensor_info_end, alignment, data_offset, order)
 
 
