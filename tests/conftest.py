@@ -31,18 +31,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def _venv_python(env_var: str, default: str) -> Path | None:
-    """A second interpreter for cross-version checks; CI must provide it, local runs may skip."""
+    """A second interpreter (or program) for cross-version checks; CI must provide it, local runs may skip."""
     path = Path(os.environ.get(env_var) or ROOT / default)
     if path.is_file():
         return path
     if os.environ.get("CI"):
-        pytest.fail(f"{env_var} is not set and {path} is missing: .ci/run must build that virtualenv")
+        pytest.fail(f"{env_var} is not set and {path} is missing: .ci/run must build it (scripts/setup.sh)")
     pytest.skip(f"no {path} (run scripts/setup.sh to build it)")
 
 
 @pytest.fixture(scope="session")
 def hf4_python() -> Path | None:
     return _venv_python("YARNCONV_HF4_PYTHON", ".venvs/hf4/bin/python")
+
+
+@pytest.fixture(scope="session")
+def llama_quantize() -> Path | None:
+    """llama.cpp's own llama-quantize, built by scripts/setup.sh from the sources llama-cpp-python vendors."""
+    return _venv_python("LLAMA_QUANTIZE", ".venvs/llama.cpp/bin/llama-quantize")
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -443,11 +442,9 @@ def test_patch_in_place_keeps_every_tensor_byte(tmp_path: Path, short_gguf: Path
     shutil.copy(short_gguf, work)
     data = _data_hash(work)
     offset = read_header(work).data_offset
-    t0 = time.perf_counter()
     run_cli("extend", str(work), "--scale", "8", "--attention-factor", "1.25", "--in-place", "-q")
-    elapsed = time.perf_counter() - t0
     h = read_header(work)
-    assert h.data_offset == offset and _data_hash(work) == data and elapsed < 5
+    assert h.data_offset == offset and _data_hash(work) == data
     assert h.get("llama.rope.scaling.attn_factor") == pytest.approx(1.25 / (0.1 * np.log(8) + 1), rel=1e-6)
     assert not list(tmp_path.glob(".*backup"))
     tokens = token_ids()

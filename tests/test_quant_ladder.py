@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -240,7 +239,7 @@ def test_imatrix_for_another_model_is_refused_before_writing(extended: Path, f16
 def test_real_smollm2_quant_loss_is_in_range_and_ordered(smollm2_dir: Path, tmp_path: Path) -> None:
     """``export --verify`` measures each quantized type against the f16 file in llama.cpp.
 
-    Bounds: a public 8B Q8_0 scores mean KL 2.4e-4 and Q5_K_M 4.7e-3 (shared/reference/verify.md);
+    Bounds: a public 8B Q8_0 scores mean KL 2.4e-4 and Q5_K_M 4.7e-3 (docs/verify.md §1);
     a 135M model whose 576-wide rows force llama.cpp's quantizer onto fallback types loses about
     30x more (measured 0.007 / 0.014 / 0.085), so the bounds leave 3x room above that, and a
     floor catches a "quantized" file that is really the float one."""
@@ -271,8 +270,7 @@ def test_full_disk_is_one_line_and_leaves_nothing(extended: Path, f16_file: Path
         assert code == 1 and err.strip().count("\n") == 0 and message in err and left == [], err
 
 
-@pytest.mark.skipif(not os.environ.get("LLAMA_QUANTIZE"), reason="set LLAMA_QUANTIZE to a llama-quantize binary (built from the llama.cpp that llama-cpp-python vendors) to compare with it")
-def test_imatrix_output_is_byte_identical_to_llama_quantize(extended: Path, f16_file: Path, tmp_path: Path) -> None:
+def test_imatrix_output_is_byte_identical_to_llama_quantize(extended: Path, f16_file: Path, tmp_path: Path, llama_quantize: Path) -> None:
     for fmt in ("gguf", "dat"):
         im = tmp_path / f"im.{fmt}"
         write_imatrix(im, f16_file, legacy=fmt == "dat")
@@ -281,7 +279,7 @@ def test_imatrix_output_is_byte_identical_to_llama_quantize(extended: Path, f16_
         (f16,) = out.glob("*-F16.gguf")
         for t in ("IQ4_XS", "IQ2_XS"):
             theirs = tmp_path / f"theirs-{fmt}-{t}.gguf"
-            done = subprocess.run([os.environ["LLAMA_QUANTIZE"], "--imatrix", str(im), str(f16), str(theirs), t, "2"], capture_output=True, text=True, timeout=600)
+            done = subprocess.run([str(llama_quantize), "--imatrix", str(im), str(f16), str(theirs), t, "2"], capture_output=True, text=True, timeout=600)
             assert done.returncode == 0, done.stderr[-2000:]
             (ours,) = out.glob(f"*-{t}.gguf")
             assert ours.read_bytes() == theirs.read_bytes(), (fmt, t)  # the whole file: tensors and quantize.imatrix.* keys

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from yarnconv import rope
 
 # (H, rho, base, s, L, beta_fast, beta_slow, truncate, m, m_a) -> expected (low, high), a, {i: float64 inv_freq}
-# Values from shared/reference/yarn-math.md §5 (measured with HF 5.23 / vLLM 0.33 / float64).
+# Values from docs/yarn-math.md §4 (measured with HF 5.23 / vLLM 0.33 / float64).
 VECTORS = {
     "TV1": ((128, 1.0, 10000.0, 16.0, 4096, 32.0, 1.0, True, None, None), (20, 46), 1.2772588722239782,
             {1: 8.659643234e-01, 20: 5.623413252e-02, 21: 4.694086000e-02, 33: 4.600435468e-03, 45: 1.517716047e-04, 63: 7.217387404e-06}),

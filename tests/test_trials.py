@@ -126,6 +126,7 @@ def test_a_recipe_run_killed_with_9_is_swept_by_the_next_run(tmp_path: Path) -> 
     assert scratch(tmp_path) == []
 
 
+@pytest.mark.needs("llama_cpp")  # the ladder runs llama.cpp's quantizer
 def test_sigterm_mid_ladder_kills_the_quantizers_and_leaves_nothing(tmp_path: Path, smollm2_dir: Path) -> None:
     src = exportable(tmp_path / "src", smollm2_dir, hidden_size=512, intermediate_size=1536, num_hidden_layers=8)
     out = tmp_path / "gguf"

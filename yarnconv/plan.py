@@ -1,6 +1,6 @@
 """Plan a context extension: config in, new config out, no I/O.
 
-The rules come from shared/reference/runtimes.md §4.1: max_position_embeddings = original x
+The rules come from docs/runtimes.md §4: max_position_embeddings = original x
 factor exactly, the original length as an int inside the block, floats for factor and betas,
 rope_theta written explicitly, foreign scalings never silently replaced.
 """

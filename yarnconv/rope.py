@@ -124,7 +124,7 @@ class RopeSpec:
     short_factor: tuple[float, ...] | None = None  # longrope, sequences up to the original length
     long_factor: tuple[float, ...] | None = None  # longrope, longer sequences
     # llama.cpp's rope_freqs.weight: pair i's base frequency is divided by freq_factors[i] before
-    # any scaling (ggml_rope_ext); transformers has no such input (docs/gguf.md, "rope_freqs.weight").
+    # any scaling (ggml_rope_ext); transformers has no such input (docs/gguf.md §4).
     freq_factors: tuple[float, ...] | None = None
 
 

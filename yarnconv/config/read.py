@@ -1,6 +1,6 @@
 """Read any HF config layout into one canonical rope block (and lint it on the way).
 
-Layouts in the wild (see shared/reference/runtimes.md):
+Layouts in the wild (see docs/runtimes.md):
 
 * transformers v4: ``rope_scaling`` + top-level ``rope_theta`` / ``partial_rotary_factor``;
 * transformers v5: ``rope_parameters`` with ``rope_theta`` inside, possibly nested per layer type;

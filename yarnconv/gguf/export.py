@@ -53,7 +53,7 @@ def _read_rows(t: TensorInfo, fd: int, row0: int, row1: int, *, raw: bool = Fals
 
 
 def _repair(rows: np.ndarray, head_dim: int) -> np.ndarray:
-    """Llama Q/K: GGUF row 2j+a of each head is HF row a*(d/2)+j (gguf.md §5)."""
+    """Llama Q/K: GGUF row 2j+a of each head is HF row a*(d/2)+j (docs/gguf.md §5)."""
     n = rows.shape[0] // head_dim
     return rows.reshape(n, 2, head_dim // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 

@@ -2,7 +2,7 @@
 hyperparameters, rope keys, vocabulary and output paths.
 
 Only config.json, the safetensors headers and the tokenizer files are read. The rules follow
-llama.cpp's converter (shared/reference/gguf.md §5, §8): sources that are not f16/f32 go through
+llama.cpp's converter (docs/gguf.md §5): sources that are not f16/f32 go through
 f32, Llama Q/K rows are re-paired for ggml's NORM rope, 1-D tensors, norms and biases stay F32,
 Q8_0 falls back to F16 where a row is not a multiple of 32.
 """

@@ -5,7 +5,7 @@ whatever a garbled count says. This reader checks every count and length against
 that are actually there, keeps each key/value pair's raw bytes (so untouched pairs are
 copied verbatim when a header is rewritten) and never reads tensor data.
 
-Layout (ggml/src/gguf.cpp, shared/reference/gguf.md §9): magic, version, n_tensors, n_kv,
+Layout (ggml/src/gguf.cpp, docs/gguf.md §6): magic, version, n_tensors, n_kv,
 the pairs, the tensor infos, padding to ``general.alignment``, then the data section.
 """
 

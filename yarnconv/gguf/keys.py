@@ -1,6 +1,6 @@
 """YaRN in GGUF terms: which keys llama.cpp reads, how a canonical rope block maps onto them, and back.
 
-Pure functions on plain values. The facts come from shared/reference/gguf.md §1–4 (llama.cpp
+Pure functions on plain values. The facts come from docs/gguf.md §1–4 (llama.cpp
 @ 0c1e57098): llama.cpp multiplies its own g(s) = 0.1 ln s + 1 by ``rope.scaling.attn_factor``;
 it reads betas from the file only for grok and mistral3; ggml always rounds the correction
 range; ``rope_freqs.weight`` divides each pair's angle and is honoured by llama-family graphs.
@@ -37,7 +37,7 @@ NO_ROPE_ARCHS = {
     "rwkv6qwen2": "no attention positions",
     "rwkv7": "no attention positions",
 }
-# Architectures whose YaRN handling in llama.cpp is not the generic one (gguf.md §2–3).
+# Architectures whose YaRN handling in llama.cpp is not the generic one (docs/gguf.md §1–2).
 SPECIAL_YARN_ARCHS = {
     "deepseek2": "DeepSeek-V2/V3 fold mscale_all_dim into yarn_log_multiplier (MLA)",
     "phi3": "Phi-3 uses longrope factors and its own attn_factor",
@@ -106,7 +106,7 @@ class GGUFRope:
         if self.scaling_type == "linear" and self.factor and self.factor != 1.0:
             return RopeBlock(rope_type="linear", theta=self.freq_base, factor=self.factor, attention_factor=magnitude, freq_factors=ff)
         # type none (or linear without a factor): llama.cpp forces freq_scale 1 and no ramp, and the
-        # magnitude is attn_factor alone (llama-context.cpp; docs/gguf.md)
+        # magnitude is attn_factor alone (llama-context.cpp; docs/gguf.md §2)
         return RopeBlock(theta=self.freq_base, attention_factor=magnitude, freq_factors=ff)
 
     def original(self) -> tuple[int | None, str]:
@@ -308,7 +308,7 @@ def llama_cpp_beta_flags(block: RopeBlock) -> list[str]:
 
 
 def llama_cpp_flags(block: RopeBlock, length: int) -> list[str]:
-    """llama.cpp command-line flags that apply ``block`` to an unpatched file (gguf.md §12)."""
+    """llama.cpp command-line flags that apply ``block`` to an unpatched file (docs/gguf.md §7)."""
     if block.rope_type == "yarn":
         flags = ["--rope-scaling yarn", f"--rope-scale {block.factor:g}", f"--yarn-orig-ctx {block.original_context}"]
         if unencodable("llama", block):

@@ -1,7 +1,7 @@
 """Launch commands per runtime for an extended checkpoint or GGUF, sized to its context, with the
 KV-cache memory that context needs.
 
-What each runtime needs (shared/reference/runtimes.md §1-2, verify.md §6):
+What each runtime needs (docs/runtimes.md §1-2):
 
 - transformers reads config.json as written; the versions that read it differently are inspect's
   runtime rows, repeated here as notes.

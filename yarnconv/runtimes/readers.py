@@ -2,7 +2,7 @@
 
 Each reader takes a parsed :class:`ConfigView` (the raw text section plus the family's class
 defaults) and returns the rope settings that runtime would use per layer type, or the error it
-would raise. The models follow shared/reference/runtimes.md and yarn-math.md (transformers
+would raise. The models follow docs/runtimes.md and docs/yarn-math.md (transformers
 4.44-5.23, vLLM 0.33, llama.cpp with its converter, exllamav2) and are checked against the real
 transformers 4.57.1 / 5.x and llama.cpp converter on a corpus of published configs
 (tests/test_corpus.py). They are pure, so ``inspect`` can run them without installing anything.

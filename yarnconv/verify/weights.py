@@ -155,7 +155,7 @@ class GGUFWeights(Weights):
 
 
 def unpair_rows(rows: torch.Tensor, heads: int) -> torch.Tensor:
-    """Undo llama.cpp's Q/K layout: GGUF row 2j+a of each head is HF row a*(d/2)+j (gguf.md §5)."""
+    """Undo llama.cpp's Q/K layout: GGUF row 2j+a of each head is HF row a*(d/2)+j (docs/gguf.md §5)."""
     d = rows.shape[0] // heads
     return rows.reshape(heads, d // 2, 2, *rows.shape[1:]).transpose(1, 2).reshape(rows.shape)
 
