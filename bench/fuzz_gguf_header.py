@@ -24,12 +24,14 @@ from pathlib import Path
 
 CHILD = """import sys
 from yarnconv.cli import main
+code = 0
 try:
     main(sys.argv[1:])
 except SystemExit as e:
     code = e.code
 hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]
 print('HWM', hwm, file=sys.stderr)
+sys.exit(code)
 """
 
 

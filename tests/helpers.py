@@ -117,6 +117,9 @@ def verdict_configs() -> dict[str, dict[str, Any]]:
         "llama-2x-v5": plan_extend(tiny_config("llama"), ExtendRequest(scale=2, schema="v5")).config,
         "gemma3-4x-portable": plan_extend(published("gemma-3-1b-it"), ExtendRequest(scale=4.0)).config,
         "gemma3-4x-v5": plan_extend(published("gemma-3-1b-it"), ExtendRequest(scale=4.0, schema="v5")).config,
+        # a `type`-only block (exllamav2's layout) on Gemma 3: transformers 5's config class fills
+        # rope_type "default" first, so YaRN is off there (extend refuses to write this layout for it)
+        "gemma3-type-only": {**published("gemma-3-1b-it"), "max_position_embeddings": 131072, "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}},
         "mistral-saved-by-v5": mistral_saved,
         "qwen2.5-saved-by-v5": qwen_saved,
     }

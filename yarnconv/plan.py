@@ -339,6 +339,12 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
     if view.text.get("original_max_position_embeddings") not in (None, original):
         notes.append(f"top-level original_max_position_embeddings set to {original} to match the rope block")
     schema = req.schema or "portable"
+    if schema == "exllamav2" and view.layer_ropes.get("sliding_attention"):
+        raise YarnconvError(
+            f"--schema exllamav2 writes rope_scaling with `type` only, which transformers 5's {view.model_type} config class reads as plain RoPE "
+            "(it fills rope_type 'default' first): YaRN would be silently off",
+            "use --schema portable (or v5)",
+        )
     if view.layout == "rope_parameters" and schema != "v5":
         notes.append("rope_parameters (transformers 5 form) rewritten as rope_scaling + rope_theta, which every runtime reads")
     new = write_rope(raw, view.section, after, length, schema, view=view)

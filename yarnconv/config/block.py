@@ -107,6 +107,20 @@ class RopeBlock:
         return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
 
 
+def differences(got: RopeBlock, want: RopeBlock) -> list[str]:
+    """``field got (want)`` for each rope setting where two blocks disagree: the named cause of a
+    runtime reading another rope than the plan."""
+    out = []
+    for name in ("rope_type", "theta", "factor", "original_context", "beta_fast", "beta_slow", "truncate", "attention_factor", "mscale", "mscale_all_dim", "partial_rotary_factor"):
+        a, b = getattr(got, name), getattr(want, name)
+        if a != b and not (isinstance(a, float) and isinstance(b, float) and abs(a - b) <= 1e-6 * max(abs(a), abs(b))):
+            out.append(f"{name} {a!r} (the plan's {b!r})")
+    ga, gb = got.freq_factors, want.freq_factors
+    if (ga is None) != (gb is None) or (ga is not None and gb is not None and (len(ga) != len(gb) or any(abs(x - y) > 1e-6 * abs(y) for x, y in zip(ga, gb, strict=True)))):
+        out.append("rope_freqs divisors differ")
+    return out
+
+
 def _opt_float(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 

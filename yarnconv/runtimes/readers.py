@@ -160,6 +160,9 @@ def _hf4(variant: str) -> Callable[[ConfigView], RuntimeReading]:
         if kind != "yarn":
             out.specs = _layered(view, _spec(view, kind, block, theta, rho), rho)
             return out
+        if variant == "4.56-4.57" and view.layer_ropes.get("sliding_attention") and "rope_type" not in block:
+            out.error = f"the {view.model_type} config class validates a `type`-only yarn block without mapping it: KeyError rope_type (measured, 4.57.1)"
+            return out
         original = block.get("original_max_position_embeddings")
         factor = block.get("factor")
         if variant == "4.44-4.50":
@@ -202,6 +205,10 @@ def _v5_blocks(view: ConfigView) -> dict[str, tuple[dict[str, Any], float, float
     local = view.layer_ropes.get("sliding_attention")
     if scaling or not (isinstance(params, dict) and view.nested):
         block = dict(scaling or params or {})
+        if local is not None and scaling and "rope_type" not in block:
+            # Gemma 3's config class starts its full_attention block as {"rope_type": "default"} and
+            # updates it with rope_scaling: a `type`-only block stays default, YaRN off (measured, 5.25)
+            block["rope_type"] = "default"
         if text.get("original_max_position_embeddings") and _kind(block) == "yarn":
             block["original_max_position_embeddings"] = text["original_max_position_embeddings"]  # D4: top level wins
         main = entry(block, class_theta)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from yarnconv import rope
+from yarnconv.config.block import differences
 from yarnconv.verify.check import Bound, Check, judge
 from yarnconv.verify.subject import Subject
 
@@ -79,6 +80,9 @@ def _key_cause(keys: Any, got: Any, s: Subject) -> str:
         return f"llama.cpp's original length is {got.original_context}{absent}, the plan's is {want.original_context}; fix: set {arch}.rope.scaling.original_context_length"
     if got.theta != want.theta:
         return f"{arch}.rope.freq_base is {got.theta:g}, the plan's theta is {want.theta:g}"
+    diffs = differences(got, want)
+    if diffs:
+        return f"llama.cpp reads {'; '.join(diffs)} from the file's keys"
     return f"llama.cpp's attention magnitude or ramp from these keys differs from the plan ({arch}.rope.scaling.attn_factor {keys.attn_factor:g})"
 
 

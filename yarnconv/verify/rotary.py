@@ -113,8 +113,9 @@ def sidecar_check(path: Path, spec: rope.RopeSpec, layer_specs: dict[str, rope.R
             checks.append((f"{prefix}inv_freq_float64", rope.compute(want_spec).inv_freq))
             a = got.get(f"{prefix}attention_scaling")
             diff = abs(float(a[0]) - f32.attention_factor) if a is not None and a.numel() == 1 else float("inf")
-            if diff > measured["attention_factor_diff"]:
-                measured["attention_factor_diff"], worst = diff, worst or f"{prefix}attention_scaling"
+            measured["attention_factor_diff"] = max(measured["attention_factor_diff"], diff)
+            if diff > 1e-6 and not worst:
+                worst = f"{prefix}attention_scaling"
         for key, want in checks:
             t = got.get(key)
             pairs = t is not None and t.numel() == len(want)

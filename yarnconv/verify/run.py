@@ -111,7 +111,13 @@ def rope_table_check(tables: dict[str, Any], spec: rope.RopeSpec, layer_specs: d
     if check.passed or not worst:
         return check
     plan = layer_specs[worst] if layer_specs else spec
-    return Check(name, "failed", measured, ROPE_BOUNDS, f"the {worst} layers get another rope than the plan's ({plan.method}, theta {plan.base:g}): the scaling sits on the wrong layer type")
+    got = tables[worst]["inv_freq"]
+    swapped = any(
+        other != worst and len(got) == len(ref := rope.compute(o, precision="float32").inv_freq) and max(abs(x - y) / y for x, y in zip(got, ref, strict=True)) <= 1e-6
+        for other, o in (layer_specs or {}).items()
+    )
+    where = ": the scaling sits on the wrong layer type" if swapped else ""
+    return Check(name, "failed", measured, ROPE_BOUNDS, f"the {worst} layers get another rope than the plan's ({plan.method}, theta {plan.base:g}){where}")
 
 
 HALF_BEYOND = (
@@ -307,7 +313,7 @@ def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: n
         except ImportError:
             return [skipped("transformers", "transformers is not installed (pip install transformers)")]
         layer_specs = {lt: s.spec(b) for lt, b in s.layer_blocks.items()} if len(table) > 1 or "" not in table else None
-        tables = [rope_table_check(table, s.spec(), layer_specs), *_sidecar_checks(s)]
+        tables = [_named(rope_table_check(table, s.spec(), layer_specs), s), *_sidecar_checks(s)]
         half = s.engine_dtype != "float32"
         if planned is None or plain is None:
             why = f"the reference forward runs {', '.join(sorted(FAMILIES))}, not {s.view.model_type}: rope tables only"
@@ -333,6 +339,23 @@ def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: n
     if keep is not None:
         keep["got"] = got
     return [*checks, *region_checks(planned, got, probe, s.original, "llama.cpp", bounds), noop_check(planned, plain, got, probe.positions, s.original, "llama.cpp")]
+
+
+def _named(check: Check, s: Subject) -> Check:
+    """A failed single-table check names what in config.json differs from the plan, or says that
+    transformers reads an unchanged block its own way."""
+    if check.passed or "wrong layer type" in (check.reason or ""):
+        return check
+    from yarnconv.config.block import differences
+
+    worst = next((lt for lt in s.layer_blocks if (check.reason or "").startswith(f"the {lt} layers")), None)
+    diffs = differences(s.view.layer_ropes[worst], s.layer_blocks[worst]) if worst in s.view.layer_ropes else differences(s.view.rope, s.block)
+    cause = (
+        f"config.json's rope block reads as {'; '.join(diffs)}; fix: re-run extend, or restore config.json"
+        if diffs
+        else "this transformers builds another rope from config.json than yarnconv reads (see docs/runtimes.md §1 for version traps)"
+    )
+    return Check(check.name, "failed", check.measured, check.bounds, f"{cause} ({check.reason})")
 
 
 def _sidecar_checks(s: Subject) -> list[Check]:
