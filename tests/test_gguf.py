@@ -760,3 +760,75 @@ def test_bf16_tensors_copied_unchanged_equal_gguf_py_encoding_for_every_bit_patt
     assert np.array_equal(_quiet_nans(bits), encoded)
     finite = bits[(bits & 0x7FFF) <= 0x7F80]
     assert _quiet_nans(finite) is finite  # no NaN: no pass beyond the check
+
+
+def _header_only(path: Path, arch: str, keys: dict[str, float | int | str]) -> Path:
+    from gguf import GGUFValueType, GGUFWriter
+
+    w = GGUFWriter(str(path), arch)
+    for k, v in keys.items():
+        vtype = GGUFValueType.STRING if isinstance(v, str) else GGUFValueType.UINT32 if isinstance(v, int) else GGUFValueType.FLOAT32
+        w.add_key_value(f"{arch}.{k}", v, vtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arch", "log_mul", "attn", "magnitude"),
+    [
+        ("llama", None, None, 0.1 * np.log(40) + 1),  # g(s)
+        ("llama", None, 0.7829266, 0.7829266 * (0.1 * np.log(40) + 1)),  # attn_factor multiplies g(s)
+        ("llama", 0.1, None, 0.1 * np.log(40) + 1),  # generic archs do not read the log multiplier
+        ("deepseek2", 0.1, 0.730519984014812, 0.730519984014812),  # docs/yarn-math.md TV5: m = m_a = 1, stored as 0.1 m_a
+        ("mistral3", 0.5, None, (0.1 * np.log(40) + 1) / (0.05 * np.log(40) + 1)),  # m_a stored as is, m = 1
+    ],
+)
+def test_gguf_rope_magnitude_is_llama_cpps(tmp_path: Path, arch: str, log_mul: float | None, attn: float | None, magnitude: float) -> None:
+    """One reading of a GGUF's rope (inspect, verify, hints): the magnitude llama.cpp's host and kernel
+    apply under yarn, from attn_factor and, for the archs that read it, yarn_log_multiplier."""
+    from yarnconv import rope
+    from yarnconv.gguf.keys import read_rope
+
+    keys: dict[str, float | int | str] = {"context_length": 163840, "rope.freq_base": 10000.0, "rope.scaling.type": "yarn", "rope.scaling.factor": 40.0}
+    keys["rope.scaling.original_context_length"] = 4096
+    if log_mul is not None:
+        keys["rope.scaling.yarn_log_multiplier"] = log_mul
+    if attn is not None:
+        keys["rope.scaling.attn_factor"] = attn
+    r = read_rope(read_header(_header_only(tmp_path / "h.gguf", arch, keys)))
+    assert r.yarn_magnitude() == pytest.approx(magnitude, rel=1e-6)
+    assert rope.compute(r.block().spec(64)).attention_factor == pytest.approx(magnitude, rel=1e-6)
+    assert r.original() == (4096, f"{arch}.rope.scaling.original_context_length")
+
+
+def test_gguf_rope_reads_rope_freqs_and_infers_the_original_length(tmp_path: Path) -> None:
+    """rope_freqs.weight divides the base frequencies (type none: no ramp, magnitude = attn_factor);
+    with no original_context_length the original is inferred from the largest divisor, and said so."""
+    from gguf import GGUFValueType, GGUFWriter
+
+    from yarnconv import rope
+    from yarnconv.config import RopeBlock
+    from yarnconv.gguf.keys import plan_keys, read_rope
+
+    plan = RopeBlock(rope_type="yarn", theta=10000.0, factor=4.0, original_context=2048, beta_fast=16.0, beta_slow=2.0)
+    keys = plan_keys("llama", plan, 8192, 64, route="freqs")
+    w = GGUFWriter(str(tmp_path / "f.gguf"), "llama")
+    w.add_context_length(8192)
+    for k, (vtype, v) in keys.sets.items():
+        if k != "yarnconv.rope":
+            w.add_key_value(k, v, GGUFValueType(int(vtype)))
+    w.add_tensor("rope_freqs.weight", keys.rope_freqs)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    r = read_rope(read_header(tmp_path / "f.gguf"))
+    got = rope.compute(r.block().spec(64))
+    want = rope.compute(plan.spec(64))
+    assert max(abs(a - b) / b for a, b in zip(got.inv_freq, want.inv_freq, strict=True)) < 1e-6
+    assert got.attention_factor == pytest.approx(want.attention_factor, rel=1e-6)
+    assert r.original()[0] == 2048 and r.original()[1].startswith("inferred")
+    assert r.recorded is None  # written without the plan key: the reading stands on the keys and tensor alone

@@ -47,6 +47,10 @@ BETA_KEY_ARCHS = {"grok", "mistral3"}  # the only archs whose loader reads yarn_
 ROPE_FREQS_ARCHS = {"llama", "deci", "mistral3", "arcee", "granite", "exaone", "minicpm"}  # graphs that apply rope_freqs.weight
 SCALING_TYPES = ("none", "linear", "yarn", "longrope")
 ROPE_FREQS = "rope_freqs.weight"
+# Loaders that read rope.scaling.yarn_log_multiplier (m_a): the DeepSeek family stores 0.1 * m_a and
+# divides on load, and its host code also takes m = m_a; mistral3 stores m_a as is (docs/gguf.md §1-2).
+LOG_MUL_TENTHS = {"deepseek2", "deepseek32", "glm-dsa"}
+LOG_MUL_ARCHS = LOG_MUL_TENTHS | {"mistral3"}
 
 U32, F32, STR = GGUFValueType.UINT32, GGUFValueType.FLOAT32, GGUFValueType.STRING
 
@@ -73,6 +77,7 @@ class GGUFRope:
     has_rope_freqs: bool
     explicit_type: bool
     freq_factors: tuple[float, ...] | None = None  # the tensor's values (None when absent or unreadable)
+    log_multiplier: float = 0.0  # m_a as the loader holds it (after the DeepSeek family's division by 0.1)
     recorded: dict[str, Any] | None = None  # the plan yarnconv wrote into the file (RECORD_KEY)
 
     @property
@@ -93,6 +98,7 @@ class GGUFRope:
         magnitude = None if abs(self.attn_factor - 1.0) < 1e-7 else self.attn_factor
         if self.scaling_type == "yarn" and self.factor:
             fixed_betas = self.arch not in BETA_KEY_ARCHS
+            ratio = self._mscales()
             return RopeBlock(
                 rope_type="yarn",
                 theta=self.freq_base,
@@ -100,14 +106,26 @@ class GGUFRope:
                 original_context=self.original_context or self.context_length,
                 beta_fast=rope.DEFAULT_BETA_FAST if fixed_betas or self.beta_fast is None else self.beta_fast,
                 beta_slow=rope.DEFAULT_BETA_SLOW if fixed_betas or self.beta_slow is None else self.beta_slow,
-                attention_factor=None if magnitude is None else self.attn_factor * rope.mscale(self.factor),
+                attention_factor=None if magnitude is None else self.yarn_magnitude(),
                 freq_factors=ff,
+                **(ratio if magnitude is None else {}),
             )
         if self.scaling_type == "linear" and self.factor and self.factor != 1.0:
             return RopeBlock(rope_type="linear", theta=self.freq_base, factor=self.factor, attention_factor=magnitude, freq_factors=ff)
         # type none (or linear without a factor): llama.cpp forces freq_scale 1 and no ramp, and the
         # magnitude is attn_factor alone (llama-context.cpp; docs/gguf.md §2)
         return RopeBlock(theta=self.freq_base, attention_factor=magnitude, freq_factors=ff)
+
+    def _mscales(self) -> dict[str, float]:
+        """llama.cpp's host magnitude g(s, m) / g(s, m_a) as config keys: m = m_a for the DeepSeek family, else 1."""
+        if not self.log_multiplier:
+            return {}
+        return {"mscale": self.log_multiplier if self.arch in LOG_MUL_TENTHS else 1.0, "mscale_all_dim": self.log_multiplier}
+
+    def yarn_magnitude(self) -> float:
+        """The cos/sin magnitude llama.cpp applies under yarn: attn_factor times the host's g-ratio."""
+        m = self._mscales()
+        return self.attn_factor * rope.yarn_attention_factor(self.factor or 1.0, None, m.get("mscale"), m.get("mscale_all_dim"))
 
     def original(self) -> tuple[int | None, str]:
         """The pretraining length as the file tells it, and how that was found."""
@@ -156,8 +174,15 @@ def read_rope(headers: GGUFHeader | Sequence[GGUFHeader]) -> GGUFRope:
         has_rope_freqs=freqs is not None,
         explicit_type=scaling is not None,
         freq_factors=None if freqs is None else read_freq_factors(*freqs),
+        log_multiplier=_log_multiplier(arch, get(key(arch, "rope.scaling.yarn_log_multiplier"), 0.0)),
         recorded=_recorded(get(RECORD_KEY)),
     )
+
+
+def _log_multiplier(arch: str, raw: Any) -> float:
+    if arch not in LOG_MUL_ARCHS or not isinstance(raw, (int, float)):
+        return 0.0
+    return float(raw) / 0.1 if arch in LOG_MUL_TENTHS else float(raw)
 
 
 def read_freq_factors(header: GGUFHeader, t: TensorEntry) -> tuple[float, ...] | None:
@@ -338,7 +363,7 @@ def effective(r: GGUFRope) -> dict[str, Any]:
         out.update(
             freq_scale=1.0 / r.factor,
             n_ctx_orig_yarn=r.original_context or r.context_length,
-            attention_magnitude=r.attn_factor * rope.mscale(r.factor),
+            attention_magnitude=r.yarn_magnitude(),
             beta_fast=r.beta_fast if r.arch in BETA_KEY_ARCHS and r.beta_fast else rope.DEFAULT_BETA_FAST,
             beta_slow=r.beta_slow if r.arch in BETA_KEY_ARCHS and r.beta_slow else rope.DEFAULT_BETA_SLOW,
         )
