@@ -790,7 +790,7 @@ def test_gguf_rope_magnitude_is_llama_cpps(tmp_path: Path, arch: str, log_mul: f
     """One reading of a GGUF's rope (inspect, verify, hints): the magnitude llama.cpp's host and kernel
     apply under yarn, from attn_factor and, for the archs that read it, yarn_log_multiplier."""
     from yarnconv import rope
-    from yarnconv.gguf.keys import read_rope
+    from yarnconv.gguf.llama_rope import read_rope
 
     keys: dict[str, float | int | str] = {"context_length": 163840, "rope.freq_base": 10000.0, "rope.scaling.type": "yarn", "rope.scaling.factor": 40.0}
     keys["rope.scaling.original_context_length"] = 4096
@@ -811,7 +811,8 @@ def test_gguf_rope_reads_rope_freqs_and_infers_the_original_length(tmp_path: Pat
 
     from yarnconv import rope
     from yarnconv.config import RopeBlock
-    from yarnconv.gguf.keys import plan_keys, read_rope
+    from yarnconv.gguf.keys import plan_keys
+    from yarnconv.gguf.llama_rope import read_rope
 
     plan = RopeBlock(rope_type="yarn", theta=10000.0, factor=4.0, original_context=2048, beta_fast=16.0, beta_slow=2.0)
     keys = plan_keys("llama", plan, 8192, 64, route="freqs")

@@ -22,16 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from yarnconv.errors import UsageError, YarnconvError
+from yarnconv.gguf.encode import PAD_MIN, encode_kv, pad_kv
 from yarnconv.gguf.file import (
     MAGIC,
     PAD_KEY,
-    PAD_MIN,
     RESERVE,
     SHARD_RE,
     GGUFHeader,
     GGUFValueType,
-    encode_kv,
-    pad_kv,
     read_header,
     shard_paths,
 )
@@ -43,10 +41,9 @@ from yarnconv.gguf.keys import (
     check_written_keys,
     llama_cpp_flags,
     plan_keys,
-    pseudo_config,
-    read_rope,
     record_value,
 )
+from yarnconv.gguf.llama_rope import pseudo_config, read_rope
 from yarnconv.plan import ExtendPlan, ExtendRequest, override, plan_extend
 from yarnconv.storage.atomic import atomic_files, check_new_files, require_space
 from yarnconv.storage.files import place_file

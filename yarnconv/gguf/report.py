@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from yarnconv.gguf.file import PAD_KEY, read_header
-from yarnconv.gguf.keys import effective, read_rope
+from yarnconv.gguf.llama_rope import effective, read_rope
 
 
 def inspect_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -12,8 +12,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from yarnconv.gguf.encode import encode_kv
 from yarnconv.gguf.export_plan import shard_groups, shard_names
-from yarnconv.gguf.file import MAGIC, GGUFHeader, GGUFValueType, TensorEntry, encode_kv, read_header
+from yarnconv.gguf.file import MAGIC, GGUFHeader, GGUFValueType, TensorEntry, read_header
 from yarnconv.gguf.patch import copy_range
 
 SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")

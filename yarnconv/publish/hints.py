@@ -120,7 +120,7 @@ def _hf_hints(root: Path, view: ConfigView) -> dict[str, Any]:
 
 def _gguf_hints(path: Path) -> dict[str, Any]:
     from yarnconv.gguf.file import read_header, shard_paths
-    from yarnconv.gguf.keys import read_rope
+    from yarnconv.gguf.llama_rope import read_rope
 
     shards = [read_header(p) for p in shard_paths(path)]
     h = shards[0]

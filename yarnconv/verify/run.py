@@ -111,13 +111,7 @@ def rope_table_check(tables: dict[str, Any], spec: rope.RopeSpec, layer_specs: d
     if check.passed or not worst:
         return check
     plan = layer_specs[worst] if layer_specs else spec
-    got = tables[worst]["inv_freq"]
-    swapped = any(
-        other != worst and len(got) == len(ref := rope.compute(o, precision="float32").inv_freq) and max(abs(x - y) / y for x, y in zip(got, ref, strict=True)) <= 1e-6
-        for other, o in (layer_specs or {}).items()
-    )
-    where = ": the scaling sits on the wrong layer type" if swapped else ""
-    return Check(name, "failed", measured, ROPE_BOUNDS, f"the {worst} layers get another rope than the plan's ({plan.method}, theta {plan.base:g}){where}")
+    return Check(name, "failed", measured, ROPE_BOUNDS, f"the {worst} layers get another rope than the plan's ({plan.method}, theta {plan.base:g})")
 
 
 HALF_BEYOND = (
@@ -344,17 +338,20 @@ def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: n
 def _named(check: Check, s: Subject) -> Check:
     """A failed single-table check names what in config.json differs from the plan, or says that
     transformers reads an unchanged block its own way."""
-    if check.passed or "wrong layer type" in (check.reason or ""):
+    if check.passed:
         return check
     from yarnconv.config.block import differences
 
     worst = next((lt for lt in s.layer_blocks if (check.reason or "").startswith(f"the {lt} layers")), None)
-    diffs = differences(s.view.layer_ropes[worst], s.layer_blocks[worst]) if worst in s.view.layer_ropes else differences(s.view.rope, s.block)
-    cause = (
-        f"config.json's rope block reads as {'; '.join(diffs)}; fix: re-run extend, or restore config.json"
-        if diffs
-        else "this transformers builds another rope from config.json than yarnconv reads (see docs/runtimes.md §1 for version traps)"
-    )
+    got = s.view.layer_ropes.get(worst or "", s.view.rope)
+    diffs = differences(got, s.layer_blocks[worst]) if worst in s.view.layer_ropes else differences(s.view.rope, s.block)
+    moved = [lt for lt, b in s.view.layer_ropes.items() if lt != worst and b.rope_type != s.layer_blocks.get(lt, b).rope_type]
+    if worst and got.rope_type == "default" and moved:
+        cause = f"config.json scales the {', '.join(moved)} layers and leaves the {worst} layers plain: the scaling sits on the wrong layer type"
+    elif diffs:
+        cause = f"config.json's rope block reads as {'; '.join(diffs)}; fix: re-run extend, or restore config.json"
+    else:
+        cause = "this transformers builds another rope from config.json than yarnconv reads (see docs/runtimes.md §1 for version traps)"
     return Check(check.name, "failed", check.measured, check.bounds, f"{cause} ({check.reason})")
 
 

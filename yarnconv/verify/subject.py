@@ -98,7 +98,7 @@ def hf_subject(root: Path) -> Subject:
 
 
 def gguf_subject(path: Path, base: Path | None) -> Subject:
-    from yarnconv.gguf.keys import read_rope
+    from yarnconv.gguf.llama_rope import read_rope
     from yarnconv.verify.weights import gguf_source
 
     config, _, headers = gguf_source(path)

@@ -20,7 +20,7 @@ import torch
 
 from yarnconv.errors import YarnconvError
 from yarnconv.gguf.file import GGUFHeader, read_header, shard_paths
-from yarnconv.gguf.keys import pseudo_config, read_rope
+from yarnconv.gguf.llama_rope import pseudo_config, read_rope
 from yarnconv.storage.weights import scan_weights
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
