@@ -336,8 +336,8 @@ def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: n
 
 
 def _named(check: Check, s: Subject) -> Check:
-    """A failed single-table check names what in config.json differs from the plan, or says that
-    transformers reads an unchanged block its own way."""
+    """A failed rope-table check names its cause: the layer types config.json scales instead of the
+    planned ones, what its block says that the plan does not, or transformers reading an unchanged block its own way."""
     if check.passed:
         return check
     from yarnconv.config.block import differences
