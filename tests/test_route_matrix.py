@@ -250,6 +250,10 @@ def test_gguf_route_passes_and_its_twin_fails(route: GGUFRoute, bases: dict[str,
     for f in files:
         alone = assert_passes(f)
         assert alone["plan"]["from"].startswith("yarnconv.rope in the file")  # the plan travels in the file
+        code, out, _ = cli("hints", f, "--json")  # hints and inspect read the same rope as verify
+        assert code == 0 and json.loads(out)["rope"]["rope_type"] == "yarn" and json.loads(out)["rope"]["factor"] == 4.0
+        code, out, _ = cli("inspect", f, "--json")
+        assert code == 0 and json.loads(out)["yarnconv_plan"]["context_length"] == 1024
         assert_passes(f, "--base", str(ext))
         twin = gguf_twin(f, tmp_path)
         cause = "rope_freqs.weight divides the frequencies by 1 .. 1" if route.rope == "freqs" else "rope.scaling.factor is 2.0, the plan's factor is 4.0"

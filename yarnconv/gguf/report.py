@@ -31,6 +31,7 @@ def inspect_gguf(path: str | os.PathLike[str]) -> dict[str, Any]:
         "rope_keys": rope_keys,
         "llama_cpp": effective(r),
         "rope_block": r.block().to_dict(),
+        "yarnconv_plan": r.recorded,  # the rope and context yarnconv planned for this file (verify checks against it)
         "tokenizer": {"model": h.get("tokenizer.ggml.model"), "pre": h.get("tokenizer.ggml.pre")},
         "tensors": len(h.tensors),
         "tensor_types": types,

@@ -129,7 +129,12 @@ def _gguf_hints(path: Path) -> dict[str, Any]:
     context = keys.context_length or 0
     q = shlex.quote(str(path))
     yarn = keys.scaling_type == "yarn" or keys.applies_freqs
-    note = "the file's YaRN keys set the rope: no --rope-scaling flags" if yarn else "no YaRN keys: llama.cpp runs plain RoPE (add them with yarnconv extend FILE --scale S)"
+    if keys.applies_freqs:
+        note = "the file's rope_freqs.weight and keys set the rope: no --rope-scaling flags"
+    elif yarn:
+        note = "the file's YaRN keys set the rope: no --rope-scaling flags"
+    else:
+        note = "no YaRN keys: llama.cpp runs plain RoPE (add them with yarnconv extend FILE --scale S)"
     out = [{"runtime": "llama.cpp", "command": f"llama-server -m {q} -c {context}", "notes": [note, f"context_length is {context}: llama-server builds before PR #28030 cap each slot at it"]}]
     out.append(_ollama(path.name, context, arch, rope_freqs=keys.has_rope_freqs, from_hf=False))
     out.append({"runtime": "vLLM / SGLang / transformers", "command": None, "notes": ["serve the HF checkpoint this file was exported from; `yarnconv hints DIR` prints those commands"]})
@@ -138,7 +143,7 @@ def _gguf_hints(path: Path) -> dict[str, Any]:
     dim = h.get(f"{arch}.attention.key_length") or (h.get(f"{arch}.embedding_length") // heads if heads else None)
     layers = h.get(f"{arch}.block_count")
     shape = CacheShape(layers, kv, dim) if layers and kv and dim else None
-    block = keys.block().to_dict()
+    block = (keys.recorded or {}).get("rope") or keys.block().to_dict()  # the plan yarnconv wrote, else llama.cpp's reading
     return _record(path, context, block, shape, out)
 
 
