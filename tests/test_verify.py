@@ -202,3 +202,47 @@ def test_half_precision_load_keeps_the_rope_gates(extended_llama: Path, tmp_path
     assert result.exit_code == 1 and "ignores the rope block" in failed["transformers applies the planned scaling"]["reason"], failed
     auto = json.loads(CliRunner().invoke(main, ["verify", str(extended_llama), "--json"]).stdout)
     assert auto["transformers_dtype"] == "float32"  # a tiny model always fits
+
+
+def test_half_precision_bounds_follow_the_noise_measured_on_the_model(extended_llama: Path) -> None:
+    """The reference rounding its activations to bfloat16 is as far from the float32 reference as
+    transformers in bfloat16 is (within 3x; on a 7B 1.14e-2 against 1.24e-2), so the noise it
+    measures is the engine's; the below bounds are the floors or 3x that noise."""
+    import torch
+
+    from yarnconv.verify.reference import ReferenceModel
+    from yarnconv.verify.transformers_engine import HALF_BOUNDS, half_bounds, transformers_logits
+
+    tokens, positions = list(range(3, 67)), list(range(64))
+    ref = ReferenceModel(extended_llama)
+    exact = ref.logits(tokens, positions).double().numpy()
+    rounded = ref.logits(tokens, positions, round_to=torch.bfloat16).double().numpy()
+    got, _ = transformers_logits(extended_llama, tokens, positions, "bfloat16")
+    noise, engine = compare_logits(exact, rounded).kl_mean, compare_logits(exact, got).kl_mean
+    assert engine / 3 < noise < engine * 3, (noise, engine)
+    assert half_bounds({"kl_mean": 1e-6, "kl_max": 1e-5, "top1_agreement": 1.0}) == HALF_BOUNDS
+    loose = {b.key: b.limit for b in half_bounds({"kl_mean": 0.0114, "kl_max": 0.0189, "top1_agreement": 0.72})}
+    assert loose == pytest.approx({"kl_mean": 0.0342, "kl_max": 0.0567, "top1_agreement": 0.62})
+    result = CliRunner().invoke(main, ["verify", str(extended_llama), "--dtype", "bfloat16", "--json"])
+    below = json.loads(result.stdout)["checks"][1]
+    assert below["status"] == "passed" and below["measured"]["half_precision_noise_kl_mean"] > 0, below
+
+
+def test_a_model_too_large_for_memory_gets_its_rope_tables_checked_without_weights(extended_llama: Path, gemma3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 70B on a 24 GB machine: no precision fits, so transformers' rotary module is built from
+    config.json alone (the same tables a full load builds) and the logit checks say why they did not
+    run. The free memory is the one thing faked: no 70B fits on this machine."""
+    from yarnconv.verify import transformers_engine as te
+
+    for model in (extended_llama, gemma3):
+        assert te.transformers_tables(model) == te.transformers_logits(model, [1, 2], [0, 1])[1]
+    monkeypatch.setattr(te, "_available_memory", lambda: 10_000)
+    code, report = _verify(extended_llama)
+    assert code == 0 and report["transformers_dtype"] == "none", report
+    status = {c["name"]: (c["status"], c.get("reason", "")) for c in report["checks"]}
+    assert status["transformers rope table"][0] == "passed"
+    assert status["transformers logits"][0] == "skipped" and "GB to load this model in" in status["transformers logits"][1]
+    assert "--dtype" in report["drift"]["skipped"] and "by_position" not in report
+    edit, check, cause = BROKEN["wrong original length"]
+    code, report = _verify(_broken(extended_llama, tmp_path, edit))
+    assert code == 1 and cause in str(_failed_checks(report)[check]), report

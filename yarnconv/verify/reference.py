@@ -138,47 +138,59 @@ class ReferenceModel:
 
     @torch.inference_mode()
     def logits(
-        self, tokens: list[int], positions: list[int] | None = None, *, keep: int = 0, spec: rope.RopeSpec | None = None, alone: Sequence[int] = ()
+        self,
+        tokens: list[int],
+        positions: list[int] | None = None,
+        *,
+        keep: int = 0,
+        spec: rope.RopeSpec | None = None,
+        alone: Sequence[int] = (),
+        round_to: torch.dtype | None = None,
     ) -> torch.Tensor:
         """[T, vocab] float32 logits for ``tokens`` at ``positions`` (default 0..T-1); with ``keep``,
         only the last ``keep`` rows (long sequences: the output projection dominates memory);
         ``spec`` runs another rope on the same weights for this call (the plan, plain RoPE);
-        ``alone``: token indices that attend only to themselves."""
-        s, w = self.shape, self.weights
+        ``alone``: token indices that attend only to themselves; ``round_to`` (bfloat16, float16)
+        rounds every activation a runtime stores in that type, while computing in float32: the
+        size of the half-precision noise this model has, which sets verify's bounds for an engine
+        that runs it in half precision."""
+        self._round = (lambda t: t.to(round_to).float()) if round_to is not None else (lambda t: t)
+        s, w, r = self.shape, self.weights, self._round
         ids = torch.tensor(tokens, dtype=torch.long)
         pos = torch.tensor(positions if positions is not None else range(len(tokens)), dtype=torch.long)
         if pos.shape != ids.shape:
             raise YarnconvError("positions and tokens differ in length", "pass one position per token")
         cos, sin = rotary_tables(spec or self.spec, pos)
-        x = w.rows("model.embed_tokens.weight", ids)
+        cos, sin = r(cos), r(sin)
+        x = r(w.rows("model.embed_tokens.weight", ids))
         for i in range(s.layers):
             x = self._layer(i, x, cos, sin, pos, alone)
-        x = rms_norm(x[-keep:] if keep else x, w.get("model.norm.weight"), s.eps)
+        x = r(rms_norm(x[-keep:] if keep else x, w.get("model.norm.weight"), s.eps))
         head = "lm_head.weight" if "lm_head.weight" in w and not s.tied else "model.embed_tokens.weight"
         out = torch.empty(len(x), w.shape(head)[0])
         start = 0
         for rows in w.row_chunks(head, VOCAB_CHUNK):
-            out[:, start : start + len(rows)] = x @ rows.T
+            out[:, start : start + len(rows)] = r(x @ rows.T)
             start += len(rows)
         return out
 
     def _layer(self, i: int, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, alone: Sequence[int]) -> torch.Tensor:
-        s, w, p = self.shape, self.weights, f"model.layers.{i}."
-        h = rms_norm(x, w.get(p + "input_layernorm.weight"), s.eps)
+        s, w, p, r = self.shape, self.weights, f"model.layers.{i}.", self._round
+        h = r(rms_norm(x, w.get(p + "input_layernorm.weight"), s.eps))
 
         def proj(name: str, heads: int) -> torch.Tensor:
-            out = h @ w.get(p + f"self_attn.{name}.weight").T
+            out = r(h @ w.get(p + f"self_attn.{name}.weight").T)
             if p + f"self_attn.{name}.bias" in w:
-                out = out + w.get(p + f"self_attn.{name}.bias")
+                out = r(out + w.get(p + f"self_attn.{name}.bias"))
             return out.view(len(h), heads, s.head_dim).transpose(0, 1)
 
         q, k, v = proj("q_proj", s.heads), proj("k_proj", s.kv_heads), proj("v_proj", s.kv_heads)
         if s.qk_norm:
-            q = rms_norm(q, w.get(p + "self_attn.q_norm.weight"), s.eps)
-            k = rms_norm(k, w.get(p + "self_attn.k_norm.weight"), s.eps)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        a = attention(q, k, v, pos, alone).transpose(0, 1).reshape(len(h), s.heads * s.head_dim)
-        x = x + a @ w.get(p + "self_attn.o_proj.weight").T
-        h = rms_norm(x, w.get(p + "post_attention_layernorm.weight"), s.eps)
-        gate, up = h @ w.get(p + "mlp.gate_proj.weight").T, h @ w.get(p + "mlp.up_proj.weight").T
-        return x + (torch.nn.functional.silu(gate) * up) @ w.get(p + "mlp.down_proj.weight").T
+            q = r(rms_norm(q, w.get(p + "self_attn.q_norm.weight"), s.eps))
+            k = r(rms_norm(k, w.get(p + "self_attn.k_norm.weight"), s.eps))
+        q, k = r(apply_rotary(q, cos, sin)), r(apply_rotary(k, cos, sin))
+        a = r(attention(q, k, v, pos, alone)).transpose(0, 1).reshape(len(h), s.heads * s.head_dim)
+        x = r(x + r(a @ w.get(p + "self_attn.o_proj.weight").T))
+        h = r(rms_norm(x, w.get(p + "post_attention_layernorm.weight"), s.eps))
+        gate, up = r(h @ w.get(p + "mlp.gate_proj.weight").T), r(h @ w.get(p + "mlp.up_proj.weight").T)
+        return r(x + r(r(torch.nn.functional.silu(gate) * up) @ w.get(p + "mlp.down_proj.weight").T))

@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 
-from yarnconv import rope
 from yarnconv.errors import YarnconvError
 from yarnconv.verify.check import Bound, Check, judge, skipped
 from yarnconv.verify.logits import compare_logits
@@ -32,95 +31,29 @@ from yarnconv.verify.probe import Probe, gapped, gguf_tokenizer, hf_tokenizer, s
 from yarnconv.verify.reference import FAMILIES
 from yarnconv.verify.stats import drift, region_stats
 from yarnconv.verify.subject import Subject, gguf_subject, hf_subject
+from yarnconv.verify.transformers_engine import (
+    TABLES_ONLY,
+    engine_dtype,
+    half_bounds,
+    half_noise,
+    rope_table_check,
+    transformers_logits,
+    transformers_tables,
+)
 
 REPORT = "yarnconv-verify.json"
-ROPE_BOUNDS = (Bound("inv_freq_max_rel_diff", "<=", 1e-6), Bound("attention_factor_diff", "<=", 1e-6), Bound("pairs_match", "==", True))
 # transformers' default (SDPA) attention rounds differently from the plain formula: up to ~2e-3
 # in a logit on SmolLM2 at 32k, a KL far below these bounds; a wrong rope moves KL by orders more.
 LOGIT_BOUNDS = (Bound("kl_max", "<=", 1e-4), Bound("top1_agreement", ">=", 0.99))
-# transformers loaded in bfloat16 / float16 (models too large for float32): activations round to 8 or 11 bits.
-HALF_BOUNDS = (Bound("kl_mean", "<=", 5e-3), Bound("kl_max", "<=", 5e-2), Bound("top1_agreement", ">=", 0.9))
-
-
-def _available_memory() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def engine_dtype(s: Subject, requested: str) -> str:
-    """transformers' load dtype: float32 when the model fits in float32 in 60% of the free memory
-    (a 135M or 1B model), else the checkpoint's own half precision (a 7B on a 24 GB machine)."""
-    if requested != "auto":
-        return requested
-    from yarnconv.storage.weights import scan_weights
-
-    fp32 = sum(t.numel for t in scan_weights(s.path).tensors.values()) * 4
-    if fp32 <= 0.6 * _available_memory():
-        return "float32"
-    own = str(s.view.resolved.get("torch_dtype") or s.view.resolved.get("dtype") or "bfloat16")
-    return own if own in ("bfloat16", "float16") else "bfloat16"
-
-
-def transformers_logits(root: Path, tokens: list[int], positions: list[int], dtype: str = "float32") -> tuple[np.ndarray, dict[str, Any]]:
-    """Logits from transformers, loading the checkpoint the way a user does, and its rotary tables."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(root, dtype=getattr(torch, dtype))
-    rotary = next((m for m in model.modules() if hasattr(m, "inv_freq") or hasattr(m, "layer_types") and hasattr(m, "rope_type")), None)
-    table: dict[str, Any] = {}
-    if rotary is not None and hasattr(rotary, "layer_types") and not hasattr(rotary, "inv_freq"):  # v5 Gemma 3: one table per layer type
-        table = {lt: {"inv_freq": getattr(rotary, f"{lt}_inv_freq").tolist(), "attention_scaling": float(getattr(rotary, f"{lt}_attention_scaling"))} for lt in rotary.layer_types}
-    elif rotary is not None:
-        table = {"": {"inv_freq": rotary.inv_freq.tolist(), "attention_scaling": float(rotary.attention_scaling)}}
-    with torch.inference_mode():
-        out = model(torch.tensor([tokens]), position_ids=torch.tensor([positions])).logits[0].double().numpy()
-    return out, table
-
-
-def rope_table_check(tables: dict[str, Any], spec: rope.RopeSpec, layer_specs: dict[str, rope.RopeSpec] | None = None) -> Check:
-    """transformers' rotary tables equal the plan: one table, or one per layer type (Gemma 3)."""
-    name = "transformers rope table" + (" per layer type" if layer_specs else "")
-    if not tables:
-        return Check(name, "failed", reason="no rotary embedding module found in the loaded model")
-    wanted = layer_specs or {lt: spec for lt in tables}
-    measured: dict[str, Any] = {"pairs_match": True, "inv_freq_max_rel_diff": 0.0, "attention_factor_diff": 0.0}
-    worst = ""
-    for lt, table in tables.items():
-        want = rope.compute(wanted.get(lt, spec), precision="float32")
-        got = table["inv_freq"]
-        pairs = len(got) == len(want.inv_freq)
-        diff = max((abs(a - b) / b for a, b in zip(got, want.inv_freq, strict=False)), default=0.0) if pairs else float("inf")
-        factor_diff = abs(table["attention_scaling"] - want.attention_factor)
-        if lt:
-            measured[f"{lt}_inv_freq_max_rel_diff"], measured[f"{lt}_attention_factor_diff"] = diff, factor_diff
-        if (diff > 1e-6 or factor_diff > 1e-6 or not pairs) and not worst:
-            worst = lt
-        measured["pairs_match"] &= pairs
-        measured["inv_freq_max_rel_diff"] = max(measured["inv_freq_max_rel_diff"], diff)
-        measured["attention_factor_diff"] = max(measured["attention_factor_diff"], factor_diff)
-        measured["attention_factor"] = table["attention_scaling"]
-    check = judge(name, measured, ROPE_BOUNDS)
-    if check.passed or not worst:
-        return check
-    plan = layer_specs[worst] if layer_specs else spec
-    return Check(name, "failed", measured, ROPE_BOUNDS, f"the {worst} layers get another rope than the plan's ({plan.method}, theta {plan.base:g})")
-
-
 HALF_BEYOND = (
     "reported, not gated: in half precision long distances move logits by themselves "
     "(SmolLM2 x4 at 32k: KL mean 0.43 between transformers in bfloat16 and in float32); the rope is judged by the tables and the no-op detector"
 )
 
 
-def region_checks(ref: np.ndarray, got: np.ndarray, probe: Probe, original: int, engine: str, bounds: tuple[Bound, ...], *, half: bool = False) -> list[Check]:
+def region_checks(
+    ref: np.ndarray, got: np.ndarray, probe: Probe, original: int, engine: str, bounds: tuple[Bound, ...], *, half: bool = False, noise: dict[str, Any] | None = None
+) -> list[Check]:
     out = []
     next_tokens = np.array([*probe.tokens[1:], -1])
     next_tokens[probe.near - 1] = -1  # the near half's last token is not followed by its text
@@ -131,6 +64,8 @@ def region_checks(ref: np.ndarray, got: np.ndarray, probe: Probe, original: int,
             out.append(skipped(label, f"the probe has no position {name} the original length", bounds))
             continue
         measured = region_stats(ref[mask], got[mask], next_tokens[mask])
+        if noise is not None and name == "below":
+            measured |= {f"half_precision_noise_{k}": v for k, v in noise.items()}
         out.append(Check(label, "info", measured, reason=HALF_BEYOND) if half and name == "beyond" else judge(label, measured, bounds))
     return out
 
@@ -214,8 +149,9 @@ def verify_model(
     alone = (probe.near,) if s.kind == "gguf" and probe.near < len(probe.tokens) else ()
     near, plain_block = probe.near, rope_plain(s)
     s.engine_dtype = engine_dtype(s, dtype) if s.kind == "hf" else "float32"
-    if s.kind == "hf" and s.view.model_type not in FAMILIES:  # transformers' own tables only (Gemma 3 and others)
-        checks, drifted = engine_checks(s, probe, None, None, None), {"skipped": f"the reference forward does not run {s.view.model_type}"}
+    if s.kind == "hf" and (s.view.model_type not in FAMILIES or s.engine_dtype == TABLES_ONLY):  # transformers' own tables only
+        why = s.why_tables_only or f"the reference forward does not run {s.view.model_type}"
+        checks, drifted = engine_checks(s, probe, None, None, None), {"skipped": why}
     else:
         reference = ReferenceModel(s.reference)
         planned = reference.logits(probe.tokens, probe.positions, spec=s.spec(), alone=alone).double().numpy()
@@ -235,7 +171,7 @@ def verify_model(
         "checks": [c.to_dict() for c in checks],
         "drift": {"base_rope": s.base_block.to_dict(), **drifted},
     }
-    if s.kind != "hf" or s.view.model_type in FAMILIES:
+    if "skipped" not in drifted:  # the reference ran
         report["by_position"] = by_position(planned, kept.get("got"), probe)
     if passkey is not None:
         passkey = passkey or [s.original, s.max_position]
@@ -303,20 +239,27 @@ def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: n
     """The engine's checks; ``keep["got"]`` receives the engine's logits (for the by-position series)."""
     if s.kind == "hf":
         try:
-            got, table = transformers_logits(s.path, probe.tokens, probe.positions, s.engine_dtype)
+            if s.engine_dtype == TABLES_ONLY:
+                got, table = None, transformers_tables(s.path)
+            else:
+                got, table = transformers_logits(s.path, probe.tokens, probe.positions, s.engine_dtype)
         except ImportError:
             return [skipped("transformers", "transformers is not installed (pip install transformers)")]
         layer_specs = {lt: s.spec(b) for lt, b in s.layer_blocks.items()} if len(table) > 1 or "" not in table else None
         tables = [_named(rope_table_check(table, s.spec(), layer_specs), s), *_sidecar_checks(s)]
         half = s.engine_dtype != "float32"
-        if planned is None or plain is None:
-            why = f"the reference forward runs {', '.join(sorted(FAMILIES))}, not {s.view.model_type}: rope tables only"
+        if planned is None or plain is None or got is None:
+            why = s.why_tables_only or f"the reference forward runs {', '.join(sorted(FAMILIES))}, not {s.view.model_type}: rope tables only"
             return [*tables, skipped("transformers logits", why, LOGIT_BOUNDS), skipped("transformers applies the planned scaling", why)]
         if keep is not None:
             keep["got"] = got
+        bounds, noise = LOGIT_BOUNDS, None
+        if half:
+            noise = half_noise(reference, s, probe, planned)
+            bounds = half_bounds(noise)
         return [
             *tables,
-            *region_checks(planned, got, probe, s.original, "transformers", HALF_BOUNDS if half else LOGIT_BOUNDS, half=half),
+            *region_checks(planned, got, probe, s.original, "transformers", bounds, half=half, noise=noise),
             noop_check(planned, plain, got, probe.positions, s.original, "transformers", margin=5.0 if half else 10.0),
         ]
     from yarnconv.verify import gguf_checks, llama_cpp

@@ -33,6 +33,7 @@ class Subject:
     layer_blocks: dict[str, RopeBlock] = field(default_factory=dict)  # the plan per layer type (Gemma 3)
     gguf: dict[str, Any] = field(default_factory=dict)  # header facts for the GGUF checks
     engine_dtype: str = "float32"  # transformers' load dtype
+    why_tables_only: str = ""  # why transformers runs no forward (the model fits in no precision)
     base: Path | None = None  # a GGUF's --base checkpoint: the plan, and layer 0's Q/K for the layout check
 
     @property
