@@ -58,6 +58,8 @@ def test_correct_gguf_passes_alone_and_against_its_base(exported: dict, family: 
         logits = [c for c in report["checks"] if "logits" in c["name"]]
         assert [c["status"] for c in logits] == ["passed", "passed"]
         assert all(c["measured"]["kl_mean"] <= 1e-5 for c in logits)  # f32 file: float32 rounding only
+        # beyond the original, the bounds also follow llama.cpp's own noise (ggml's rope angles), measured on the model
+        assert 0 < logits[1]["measured"]["noise_kl_mean"] < 1e-5 and "noise_kl_mean" not in logits[0]["measured"]
     assert json.loads(gguf.with_name(gguf.name + ".verify.json").read_text())["ok"]
 
 
@@ -202,6 +204,8 @@ def test_export_and_patch_verify_run_llama_cpp_right_after_writing(exported: dic
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["verify"]["ok"] and record["verify"]["engine"] == "llama.cpp" and record["verify"]["reference"]["weights"] == str(ext)
+    beyond = next(c for c in record["verify"]["checks"] if c["name"].startswith("llama.cpp logits beyond"))
+    assert beyond["measured"]["noise_kl_mean"] > 0  # F16: activations rounded to f16 as well
     plain = tmp_path / "plain.gguf"
     run_cli("export", str(src), "--gguf", "--outtype", "f32", "-o", str(plain), "-q")
     result = CliRunner().invoke(main, ["extend", str(plain), "--scale", "4", "-o", str(tmp_path / "patched.gguf"), "--verify", "--json"])

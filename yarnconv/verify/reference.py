@@ -76,15 +76,27 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
-def rotary_tables(spec: rope.RopeSpec, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rotary_tables(spec: rope.RopeSpec, positions: torch.Tensor, *, ggml_angles: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin per position for the rotated channels, magnitude included.
 
     The inverse frequencies are yarnconv's float32 values, and angles are formed in float32 as
-    transformers forms them, so a runtime that reads the plan agrees to float32 rounding.
+    transformers forms them, so a runtime that reads the plan agrees to float32 rounding. With
+    ``ggml_angles`` they are formed as ggml forms them (ggml-cpu's rope cache: the position times
+    theta_scale, multiplied pair after pair in float32, then scaled to the plan's frequency), whose
+    rounding grows with the position: llama.cpp's own noise at long range.
     """
     result = rope.compute(spec, precision="float32")
     inv = torch.tensor(result.inv_freq, dtype=torch.float32)
-    angles = positions.float()[:, None] * inv[None, :]
+    if ggml_angles:
+        scale = torch.tensor(spec.base, dtype=torch.float32) ** torch.tensor(-2.0 / spec.dim, dtype=torch.float32)
+        extrap, theta, unit, one = [], positions.float(), [], torch.tensor(1.0)
+        for _ in range(len(inv)):
+            extrap.append(theta)
+            unit.append(one)
+            theta, one = theta * scale, one * scale
+        angles = torch.stack(extrap, dim=1) * (inv / torch.stack(unit))[None, :]
+    else:
+        angles = positions.float()[:, None] * inv[None, :]
     emb = torch.cat([angles, angles], dim=-1)
     return emb.cos() * result.attention_factor, emb.sin() * result.attention_factor
 
@@ -146,6 +158,7 @@ class ReferenceModel:
         spec: rope.RopeSpec | None = None,
         alone: Sequence[int] = (),
         round_to: torch.dtype | None = None,
+        ggml_angles: bool = False,
     ) -> torch.Tensor:
         """[T, vocab] float32 logits for ``tokens`` at ``positions`` (default 0..T-1); with ``keep``,
         only the last ``keep`` rows (long sequences: the output projection dominates memory);
@@ -153,14 +166,14 @@ class ReferenceModel:
         ``alone``: token indices that attend only to themselves; ``round_to`` (bfloat16, float16)
         rounds every activation a runtime stores in that type, while computing in float32: the
         size of the half-precision noise this model has, which sets verify's bounds for an engine
-        that runs it in half precision."""
+        that runs it in half precision; ``ggml_angles``: rope angles rounded as ggml rounds them."""
         self._round = (lambda t: t.to(round_to).float()) if round_to is not None else (lambda t: t)
         s, w, r = self.shape, self.weights, self._round
         ids = torch.tensor(tokens, dtype=torch.long)
         pos = torch.tensor(positions if positions is not None else range(len(tokens)), dtype=torch.long)
         if pos.shape != ids.shape:
             raise YarnconvError("positions and tokens differ in length", "pass one position per token")
-        cos, sin = rotary_tables(spec or self.spec, pos)
+        cos, sin = rotary_tables(spec or self.spec, pos, ggml_angles=ggml_angles)
         cos, sin = r(cos), r(sin)
         x = r(w.rows("model.embed_tokens.weight", ids))
         for i in range(s.layers):

@@ -25,16 +25,17 @@ from typing import Any
 import numpy as np
 
 from yarnconv.errors import YarnconvError
-from yarnconv.verify.check import Bound, Check, judge, skipped
+from yarnconv.verify.check import Bound, Check, judge, skipped, within_noise
 from yarnconv.verify.logits import compare_logits
 from yarnconv.verify.probe import Probe, gapped, gguf_tokenizer, hf_tokenizer, seeded_tokens, text_tokens
 from yarnconv.verify.reference import FAMILIES
 from yarnconv.verify.stats import drift, region_stats
 from yarnconv.verify.subject import Subject, gguf_subject, hf_subject
 from yarnconv.verify.transformers_engine import (
+    HALF_BOUNDS,
+    HALF_NOISE_MARGIN,
     TABLES_ONLY,
     engine_dtype,
-    half_bounds,
     half_noise,
     rope_table_check,
     transformers_logits,
@@ -52,8 +53,18 @@ HALF_BEYOND = (
 
 
 def region_checks(
-    ref: np.ndarray, got: np.ndarray, probe: Probe, original: int, engine: str, bounds: tuple[Bound, ...], *, half: bool = False, noise: dict[str, Any] | None = None
+    ref: np.ndarray,
+    got: np.ndarray,
+    probe: Probe,
+    original: int,
+    engine: str,
+    bounds: tuple[Bound, ...],
+    *,
+    half: bool = False,
+    noise: dict[str, tuple[dict[str, Any], float]] | None = None,
 ) -> list[Check]:
+    """KL statistics below and beyond the original length; ``noise[region]`` = (the engine's
+    arithmetic noise measured on this model, margin) loosens that region's bounds to it."""
     out = []
     next_tokens = np.array([*probe.tokens[1:], -1])
     next_tokens[probe.near - 1] = -1  # the near half's last token is not followed by its text
@@ -63,10 +74,11 @@ def region_checks(
         if not mask.any():
             out.append(skipped(label, f"the probe has no position {name} the original length", bounds))
             continue
-        measured = region_stats(ref[mask], got[mask], next_tokens[mask])
-        if noise is not None and name == "below":
-            measured |= {f"half_precision_noise_{k}": v for k, v in noise.items()}
-        out.append(Check(label, "info", measured, reason=HALF_BEYOND) if half and name == "beyond" else judge(label, measured, bounds))
+        measured, region_bounds = region_stats(ref[mask], got[mask], next_tokens[mask]), bounds
+        if noise and name in noise:
+            measured |= {f"noise_{k}": v for k, v in noise[name][0].items()}
+            region_bounds = within_noise(bounds, *noise[name])
+        out.append(Check(label, "info", measured, reason=HALF_BEYOND) if half and name == "beyond" else judge(label, measured, region_bounds))
     return out
 
 
@@ -253,13 +265,10 @@ def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: n
             return [*tables, skipped("transformers logits", why, LOGIT_BOUNDS), skipped("transformers applies the planned scaling", why)]
         if keep is not None:
             keep["got"] = got
-        bounds, noise = LOGIT_BOUNDS, None
-        if half:
-            noise = half_noise(reference, s, probe, planned)
-            bounds = half_bounds(noise)
+        noise = {"below": (half_noise(reference, s, probe, planned), HALF_NOISE_MARGIN)} if half else None
         return [
             *tables,
-            *region_checks(planned, got, probe, s.original, "transformers", bounds, half=half, noise=noise),
+            *region_checks(planned, got, probe, s.original, "transformers", HALF_BOUNDS if half else LOGIT_BOUNDS, half=half, noise=noise),
             noop_check(planned, plain, got, probe.positions, s.original, "transformers", margin=5.0 if half else 10.0),
         ]
     from yarnconv.verify import gguf_checks, llama_cpp
@@ -275,7 +284,8 @@ def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: n
     bounds = gguf_checks.logit_bounds(s.weight_type, s.reference != s.path)
     if keep is not None:
         keep["got"] = got
-    return [*checks, *region_checks(planned, got, probe, s.original, "llama.cpp", bounds), noop_check(planned, plain, got, probe.positions, s.original, "llama.cpp")]
+    noise = {"beyond": (gguf_checks.llama_cpp_noise(reference, s, probe, planned), gguf_checks.NOISE_MARGIN)} if s.weight_type in gguf_checks.FLOAT_TYPES else None
+    return [*checks, *region_checks(planned, got, probe, s.original, "llama.cpp", bounds, noise=noise), noop_check(planned, plain, got, probe.positions, s.original, "llama.cpp")]
 
 
 def _named(check: Check, s: Subject) -> Check:
