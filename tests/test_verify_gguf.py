@@ -150,6 +150,28 @@ def test_real_quantized_smollm2_passes_on_its_own_weights(tmp_path: Path) -> Non
     assert code == 0 and report["reference"]["weight_type"] == "Q4_1", _failed(report)
     below = report["checks"][2]["measured"]
     assert below["kl_mean"] < 0.02 and below["top1_agreement"] >= 0.9
+    # the reference with ggml's 8-bit inputs (Q8_1 blocks for Q4_1) predicts llama.cpp's own noise (0.0049 vs 0.0044 measured)
+    assert below["kl_mean"] / 3 < below["noise_kl_mean"] < below["kl_mean"] * 3
+
+
+def test_reference_quantizes_matmul_inputs_as_ggml_does() -> None:
+    """Q8_0 inputs equal gguf-py's own Q8_0 round trip; Q8_K rounds to steps of its 256-wide
+    block's amax/127; an f16 input is rounded, an F32 weight's input left as it is."""
+    import torch
+    from gguf import GGMLQuantizationType, quants
+
+    from yarnconv.verify.reference import ggml_input
+
+    x = torch.randn(3, 512, generator=torch.Generator().manual_seed(0)) * torch.logspace(-2, 1, 512)
+    q8 = GGMLQuantizationType.Q8_0
+    want = quants.dequantize(quants.quantize(x.numpy(), q8), q8)
+    assert np.array_equal(ggml_input(x, "Q8_0").numpy(), want)
+    k = ggml_input(x, "Q8_K")
+    blocks = x.reshape(-1, 256)
+    steps = (k.reshape(-1, 256) - blocks).abs().amax(-1) / (blocks.abs().amax(-1) / 127)
+    assert 0.3 < float(steps.max()) <= 0.5 + 1e-6  # half a step of amax/127 per 256-block, at most
+    assert not torch.equal(k, ggml_input(x, "Q8_0"))
+    assert torch.equal(ggml_input(x, "F16"), x.half().float()) and ggml_input(x, None) is x
 
 
 def test_real_smollm2_x4_f32_gguf_matches_the_reference(tmp_path: Path, smollm2_dir: Path) -> None:

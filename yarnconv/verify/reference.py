@@ -159,6 +159,7 @@ class ReferenceModel:
         alone: Sequence[int] = (),
         round_to: torch.dtype | None = None,
         ggml_angles: bool = False,
+        ggml_inputs: bool = False,
     ) -> torch.Tensor:
         """[T, vocab] float32 logits for ``tokens`` at ``positions`` (default 0..T-1); with ``keep``,
         only the last ``keep`` rows (long sequences: the output projection dominates memory);
@@ -166,8 +167,11 @@ class ReferenceModel:
         ``alone``: token indices that attend only to themselves; ``round_to`` (bfloat16, float16)
         rounds every activation a runtime stores in that type, while computing in float32: the
         size of the half-precision noise this model has, which sets verify's bounds for an engine
-        that runs it in half precision; ``ggml_angles``: rope angles rounded as ggml rounds them."""
+        that runs it in half precision; ``ggml_angles``: rope angles rounded as ggml rounds them;
+        ``ggml_inputs``: each matmul's input converted as ggml converts it for that weight's type
+        (8-bit blocks for quantized weights, the largest noise a quantized GGUF has in llama.cpp)."""
         self._round = (lambda t: t.to(round_to).float()) if round_to is not None else (lambda t: t)
+        self._inputs = ggml_inputs
         s, w, r = self.shape, self.weights, self._round
         ids = torch.tensor(tokens, dtype=torch.long)
         pos = torch.tensor(positions if positions is not None else range(len(tokens)), dtype=torch.long)
@@ -181,7 +185,7 @@ class ReferenceModel:
         x = r(rms_norm(x[-keep:] if keep else x, w.get("model.norm.weight"), s.eps))
         head = "lm_head.weight" if "lm_head.weight" in w and not s.tied else "model.embed_tokens.weight"
         out = torch.empty(len(x), w.shape(head)[0])
-        start = 0
+        start, x = 0, self._input(x, head)
         for rows in w.row_chunks(head, VOCAB_CHUNK):
             out[:, start : start + len(rows)] = r(x @ rows.T)
             start += len(rows)
@@ -192,7 +196,7 @@ class ReferenceModel:
         h = r(rms_norm(x, w.get(p + "input_layernorm.weight"), s.eps))
 
         def proj(name: str, heads: int) -> torch.Tensor:
-            out = r(h @ w.get(p + f"self_attn.{name}.weight").T)
+            out = self._matmul(h, p + f"self_attn.{name}.weight")
             if p + f"self_attn.{name}.bias" in w:
                 out = r(out + w.get(p + f"self_attn.{name}.bias"))
             return out.view(len(h), heads, s.head_dim).transpose(0, 1)
@@ -203,7 +207,28 @@ class ReferenceModel:
             k = r(rms_norm(k, w.get(p + "self_attn.k_norm.weight"), s.eps))
         q, k = r(apply_rotary(q, cos, sin)), r(apply_rotary(k, cos, sin))
         a = r(attention(q, k, v, pos, alone)).transpose(0, 1).reshape(len(h), s.heads * s.head_dim)
-        x = r(x + r(a @ w.get(p + "self_attn.o_proj.weight").T))
+        x = r(x + self._matmul(a, p + "self_attn.o_proj.weight"))
         h = r(rms_norm(x, w.get(p + "post_attention_layernorm.weight"), s.eps))
-        gate, up = r(h @ w.get(p + "mlp.gate_proj.weight").T), r(h @ w.get(p + "mlp.up_proj.weight").T)
-        return r(x + r(r(torch.nn.functional.silu(gate) * up) @ w.get(p + "mlp.down_proj.weight").T))
+        gate, up = self._matmul(h, p + "mlp.gate_proj.weight"), self._matmul(h, p + "mlp.up_proj.weight")
+        return r(x + self._matmul(r(torch.nn.functional.silu(gate) * up), p + "mlp.down_proj.weight"))
+
+    def _matmul(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        return self._round(self._input(x, name) @ self.weights.get(name).T)
+
+    def _input(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        return ggml_input(x, self.weights.activation_format(name)) if self._inputs else x
+
+
+def ggml_input(x: torch.Tensor, fmt: str | None) -> torch.Tensor:
+    """``x`` as ggml-cpu hands it to a matmul, back in float32: rounded to f16/bf16, or quantized to
+    8 bits per block of 32 (Q8_0: scale amax/127, stored in f16) or 256 (Q8_K: float32 scale)."""
+    if fmt in ("F16", "BF16"):
+        return x.to(torch.float16 if fmt == "F16" else torch.bfloat16).float()
+    block = {"Q8_0": 32, "Q8_K": 256}.get(fmt or "")
+    if block is None or x.shape[-1] % block:
+        return x
+    blocks = x.reshape(-1, block)
+    scale = blocks.abs().amax(-1, keepdim=True) / 127
+    q = torch.round(blocks / torch.where(scale > 0, scale, 1.0))
+    stored = scale.half().float() if fmt == "Q8_0" else scale
+    return (q * stored).reshape(x.shape)

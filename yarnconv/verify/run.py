@@ -284,7 +284,7 @@ def engine_checks(s: Subject, probe: Probe, planned: np.ndarray | None, plain: n
     bounds = gguf_checks.logit_bounds(s.weight_type, s.reference != s.path)
     if keep is not None:
         keep["got"] = got
-    noise = {"beyond": (gguf_checks.llama_cpp_noise(reference, s, probe, planned), gguf_checks.NOISE_MARGIN)} if s.weight_type in gguf_checks.FLOAT_TYPES else None
+    noise = gguf_checks.llama_cpp_noise(reference, s, probe, planned)
     return [*checks, *region_checks(planned, got, probe, s.original, "llama.cpp", bounds, noise=noise), noop_check(planned, plain, got, probe.positions, s.original, "llama.cpp")]
 
 

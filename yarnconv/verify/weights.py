@@ -92,6 +92,11 @@ class Weights:
     def get(self, name: str) -> torch.Tensor:
         return self._read(name)
 
+    def activation_format(self, name: str) -> str | None:
+        """What a runtime's matmul with this tensor turns its float32 input into first: safetensors
+        weights are run in float by the engines yarnconv compares against."""
+        return None
+
     def rows(self, name: str, index: torch.Tensor) -> torch.Tensor:
         """Selected rows of a 2-D tensor (the embedding rows of the tokens in use)."""
         unique, inverse = torch.unique(index, return_inverse=True)
@@ -152,6 +157,24 @@ class GGUFWeights(Weights):
         if kind in self._unpair and first == 0 and count == rows:
             out = unpair_rows(out, self._unpair[kind])
         return out
+
+
+    def activation_format(self, name: str) -> str | None:
+        """ggml-cpu converts a matmul's input to its weight type's vec_dot_type (type_traits_cpu in
+        ggml/src/ggml-cpu/ggml-cpu.c): f16/bf16 for those weights, 8-bit blocks of 32 (Q8_0, Q8_1)
+        for the 32-wide quants, of 256 (Q8_K) for k-, i- and ternary quants."""
+        from gguf import GGMLQuantizationType
+
+        t = self.entries.get(name)
+        kind = GGMLQuantizationType(t.ggml_type).name if t is not None else "F32"
+        if kind in ("F32", "F64"):
+            return None
+        if kind in ("F16", "BF16"):
+            return kind
+        return "Q8_0" if kind in _Q8_0_INPUT else "Q8_K"
+
+
+_Q8_0_INPUT = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "IQ4_NL", "MXFP4"}
 
 
 def unpair_rows(rows: torch.Tensor, heads: int) -> torch.Tensor:
