@@ -91,19 +91,23 @@ def quantize_all(
     imatrix: Callable[[str], str | None] = lambda _: None,
     done: Callable[[str], None] = lambda _: None,
 ) -> None:
-    """Every ``{type: dst}`` from ``src``, one quantizer per core at a time, sharing the cores.
+    """Every ``{type: dst}`` from ``src``, one quantizer per core at a time, each with every core.
 
     llama.cpp's quantizer leaves cores idle between tensors (it reads, converts to f32 and writes
     each one on a single thread), so two at once on two cores finish a ladder sooner than one after
-    another; the files are the same (quantization is per row, whatever the thread count). ``done``
-    is called with each type as its file is complete; on any error or signal every child is killed.
+    another. Each gets all the threads, and the OS shares the cores while both run: types differ
+    tenfold in cost (a Llama-2-7B F16 on 2 cores: Q8_0 in 50 s, Q4_K_M in minutes), and with a
+    core each, one core idled once the cheap type was done (Q4_K_M + Q8_0: 420 s, against 241 s
+    with two threads each). The files are the same (quantization is per row, whatever the thread
+    count). ``done`` is called with each type as its file is complete; on any error or signal
+    every child is killed.
     """
     import tempfile
     import time
 
     cpus = os.cpu_count() or 2
     parallel = max(1, min(cpus, len(targets)))
-    threads = max(1, cpus // parallel)
+    threads = cpus
     pending = list(targets.items())
     running: dict[subprocess.Popen[bytes], tuple[str, Path, Any]] = {}
     try:
