@@ -57,7 +57,7 @@ def _memory_kb(pid: int) -> tuple[int, int]:
     return pss, rss
 
 
-def sampled(cmd: list[str]) -> tuple[float, float, float]:
+def sampled(cmd: list[str], interval: float = 0.02) -> tuple[float, float, float]:
     """(wall seconds, peak summed PSS MB of the process tree, peak RSS MB of its largest process).
     Sampled, not os.wait4's ru_maxrss: a child inherits its parent's high-water mark through fork."""
     t = time.perf_counter()
@@ -71,7 +71,7 @@ def sampled(cmd: list[str]) -> tuple[float, float, float]:
             sizes = [_memory_kb(p) for p in _tree(proc.pid)]
             peak_pss = max(peak_pss, sum(p for p, _ in sizes))
             peak_rss = max(peak_rss, *(r for _, r in sizes))
-            stop.wait(0.02)
+            stop.wait(interval)
 
     watcher = threading.Thread(target=watch)
     watcher.start()
