@@ -762,6 +762,22 @@ def test_bf16_tensors_copied_unchanged_equal_gguf_py_encoding_for_every_bit_patt
     assert _quiet_nans(finite) is finite  # no NaN: no pass beyond the check
 
 
+def test_bf16_to_f16_by_table_equals_gguf_py_encoding_for_every_bit_pattern() -> None:
+    """bf16 -> F16 exports convert by a 65536-entry table; it equals gguf-py's (the converter's) f32 ->
+    f16 encoding of every pattern, NaN payloads, subnormals and overflow to inf included."""
+    import numpy as np
+    from gguf import GGMLQuantizationType, quants
+
+    from yarnconv.gguf.export import _bf16_to_f16
+
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).reshape(256, 256)  # rows, as chunks come
+    with np.errstate(over="ignore"):
+        encoded = quants.quantize((bits.astype(np.uint32) << 16).view(np.float32), GGMLQuantizationType.F16)
+    ours = _bf16_to_f16(bits)
+    assert ours.dtype == np.float16 and ours.shape == bits.shape
+    assert np.array_equal(ours.view(np.uint16), encoded.view(np.uint16))
+
+
 def _header_only(path: Path, arch: str, keys: dict[str, float | int | str]) -> Path:
     from gguf import GGUFValueType, GGUFWriter
 

@@ -8,6 +8,7 @@ SIGTERM, on the next run after kill -9), and the input unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -127,13 +128,14 @@ def test_a_recipe_run_killed_with_9_is_swept_by_the_next_run(tmp_path: Path) -> 
 
 
 @pytest.mark.needs("llama_cpp")  # the ladder runs llama.cpp's quantizer
-def test_sigterm_mid_ladder_kills_the_quantizers_and_leaves_nothing(tmp_path: Path, smollm2_dir: Path) -> None:
+@pytest.mark.parametrize("outtypes", ["q4_k_m,q5_k_m,q6_k", "f16,q8_0,q4_k_m"])  # the second writes its Q8_0 beside the quantizer
+def test_sigterm_mid_ladder_kills_the_quantizers_and_leaves_nothing(tmp_path: Path, smollm2_dir: Path, outtypes: str) -> None:
     src = exportable(tmp_path / "src", smollm2_dir, hidden_size=512, intermediate_size=1536, num_hidden_layers=8)
     out = tmp_path / "gguf"
-    proc = subprocess.Popen([*CLI, "export", str(src), "--gguf", "--outtype", "q4_k_m,q5_k_m,q6_k", "-o", f"{out}/", "-q"], stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen([*CLI, "export", str(src), "--gguf", "--outtype", outtypes, "-o", f"{out}/", "-q"], stderr=subprocess.PIPE, text=True, env=ENV)
     deadline, children = time.monotonic() + 120, []
     while proc.poll() is None and time.monotonic() < deadline:  # signal once llama.cpp's quantizers write
-        if any(p.stat().st_size > 0 for p in out.glob(".yarnconv-*/*-Q*.gguf")):
+        if any(p.stat().st_size > 0 for p in out.glob(".yarnconv-*/*-Q4_K_M.gguf")):
             children = _children(proc.pid)
             proc.send_signal(signal.SIGTERM)
             break
@@ -147,8 +149,12 @@ def test_sigterm_mid_ladder_kills_the_quantizers_and_leaves_nothing(tmp_path: Pa
 
 
 def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(x) for x in path.read_text().split()] if path.is_file() else []
+    """Child processes started by any thread of ``pid`` (the ladder starts them from a thread)."""
+    found = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            found += [int(x) for x in path.read_text().split()]
+    return found
 
 
 def test_disk_full_is_one_line_and_leaves_nothing(tmp_path: Path, tmpfs: Path, smollm2_dir: Path) -> None:

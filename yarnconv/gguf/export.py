@@ -11,6 +11,7 @@ RSS) after a chunk is written.
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 from collections.abc import Callable
@@ -71,6 +72,19 @@ def _quiet_nans(bits: np.ndarray) -> np.ndarray:
     return np.where(magnitude > 0x7F80, bits | np.uint16(0x0040), bits)
 
 
+@functools.cache
+def _bf16_f16_table() -> np.ndarray:
+    """numpy's f16 for every bf16 bit pattern (bf16 -> f32 is exact, f32 -> f16 rounds to nearest even)."""
+    with np.errstate(over="ignore"):  # bf16 beyond f16's range becomes inf, as in the converter
+        return (np.arange(1 << 16, dtype=np.uint32) << 16).view(np.float32).astype(np.float16)
+
+
+def _bf16_to_f16(bits: np.ndarray) -> np.ndarray:
+    """bf16 bits -> f16 with numpy's bytes (NaN payloads too), by table: one gather instead of a
+    shift and a conversion through f32, which at 7B was the F16 write's CPU time (docs/gguf.md §8)."""
+    return _bf16_f16_table()[bits]
+
+
 def _encode(rows: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     try:
         return quants.quantize(rows, qtype)
@@ -110,11 +124,15 @@ class StreamedTensor:
             fd = os.open(t.src.path, os.O_RDONLY)
             try:
                 same = SAME.get(t.src.dtype) == t.qtype
+                halve = t.src.dtype == "BF16" and t.qtype == Q.F16
                 for r0, r1 in _chunks(t):
-                    rows = _read_rows(t.src, fd, r0, r1, raw=same)
+                    rows = _read_rows(t.src, fd, r0, r1, raw=same or halve)
                     if t.heads:
                         rows = _repair(rows, t.src.shape[0] // t.heads)
-                    data = (_quiet_nans(rows) if t.src.dtype == "BF16" else rows) if same else _encode(rows, t.qtype)
+                    if halve:
+                        data = _bf16_to_f16(rows)
+                    else:
+                        data = (_quiet_nans(rows) if t.src.dtype == "BF16" else rows) if same else _encode(rows, t.qtype)
                     fout.write(memoryview(np.ascontiguousarray(data)).cast("B"))  # no copy
                     written += data.nbytes
                     self.bar.update((r1 - r0) * (t.src.nbytes // max(t.src.shape[0] if t.src.shape else 1, 1)))
@@ -216,27 +234,25 @@ def export_gguf(
         need = sum(sum(t.nbytes for t in plan.tensors) for plan in plans.values()) + (0 if base_type in plans else sum(t.nbytes for t in base.tensors))
         quant = sum(t.nbytes for t in base.tensors) // 2 * (len(quantized) + (1 if split_max_size and quantized else 0))
         require_space(scratch, need + quant + 2 * RESERVE, "the GGUF files")
-        for plan in plans.values():
-            _write(plan, scratch / plan.output_base.name, progress)
         measured = {t: scratch / (quantized[t] if t in quantized else plans[t].outputs[0]).name for t in lossy}  # a split set by its first file
+        intermediate = scratch / (base.outputs[0].name if base_type in plans else f".intermediate-{base.outtype.name}.gguf")
+        if base_type in plans or ladder or measured:  # the quantizers' input first, then the rest beside them
+            _write(base, scratch / base.output_base.name if base_type in plans else intermediate, progress)
+        from yarnconv.gguf.quantize import quantizing
+
+        with progress_bar(len(quantized), progress and bool(quantized), "quantize", unit="file") as bar:
+
+            def finished(t: str) -> None:
+                check_written_keys(read_header(scratch / quantized[t].name), base.keys)
+                bar.update(1)
+
+            targets = {t: scratch / path.name for t, path in quantized.items()}
+            with quantizing(intermediate, targets, imatrix=lambda t: None if im is None or t == "q8_0" else im.path, done=finished) as wait:
+                for t, plan in plans.items():
+                    if t != base_type:
+                        _write(plan, scratch / plan.output_base.name, progress)
+                wait()
         if ladder or measured:
-            intermediate = scratch / (base.outputs[0].name if base_type in plans else f".intermediate-{base.outtype.name}.gguf")
-            if base_type not in plans:
-                _write(base, intermediate, progress)
-            from yarnconv.gguf.quantize import quantize_all
-
-            with progress_bar(len(quantized), progress, "quantize", unit="file") as bar:
-
-                def finished(t: str) -> None:
-                    check_written_keys(read_header(scratch / quantized[t].name), base.keys)
-                    bar.update(1)
-
-                quantize_all(
-                    intermediate,
-                    {t: scratch / path.name for t, path in quantized.items()},
-                    imatrix=lambda t: None if im is None or t == "q8_0" else im.path,
-                    done=finished,
-                )
             if measured and quant_loss is not None:
                 losses = quant_loss(intermediate, measured)
                 for v in record["variants"]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,7 @@ def quantize_all(
     *,
     imatrix: Callable[[str], str | None] = lambda _: None,
     done: Callable[[str], None] = lambda _: None,
+    stop: threading.Event | None = None,
 ) -> None:
     """Every ``{type: dst}`` from ``src``, one quantizer per core at a time, each with every core.
 
@@ -99,8 +102,8 @@ def quantize_all(
     tenfold in cost (a Llama-2-7B F16 on 2 cores: Q8_0 in 50 s, Q4_K_M in minutes), and with a
     core each, one core idled once the cheap type was done (Q4_K_M + Q8_0: 420 s, against 241 s
     with two threads each). The files are the same (quantization is per row, whatever the thread
-    count). ``done`` is called with each type as its file is complete; on any error or signal
-    every child is killed.
+    count). ``done`` is called with each type as its file is complete; on any error or signal, or
+    once ``stop`` is set, every child is killed.
     """
     import tempfile
     import time
@@ -112,6 +115,8 @@ def quantize_all(
     running: dict[subprocess.Popen[bytes], tuple[str, Path, Any]] = {}
     try:
         while pending or running:
+            if stop is not None and stop.is_set():
+                raise Stopped()
             while pending and len(running) < parallel:
                 outtype, dst = pending.pop(0)
                 cmd = [sys.executable, "-m", "yarnconv.gguf.quantize", str(src), str(dst), str({**FTYPES, "q8_0": 7}[outtype]), str(threads)]
@@ -134,6 +139,48 @@ def quantize_all(
             proc.kill()
             proc.wait()
             log.close()
+
+
+class Stopped(Exception):
+    """The caller gave up on the ladder (its own error or a signal); the children are killed."""
+
+
+@contextmanager
+def quantizing(src: Path, targets: dict[str, Path], **kw: Any) -> Iterator[Callable[[], None]]:
+    """:func:`quantize_all` in a background thread, so the caller can write other files meanwhile;
+    yields ``wait()``, which returns once every file is complete or raises the ladder's error.
+
+    At 7B the ladder is bound by llama.cpp's quantizer, which idles a core between tensors while
+    it reads and writes; yarnconv's own direct outputs (a Q8_0 encoded from the bf16 source) fill
+    those gaps instead of waiting their turn. Leaving the block early (an error or SIGTERM in the
+    caller) stops the thread, which kills the children before the caller's scratch is removed.
+    """
+    stop, ended, failed = threading.Event(), threading.Event(), list[BaseException]()
+
+    def run() -> None:
+        try:
+            quantize_all(src, targets, stop=stop, **kw)
+        except Stopped:
+            pass
+        except BaseException as exc:  # handed to the caller's thread by wait()
+            failed.append(exc)
+        finally:
+            ended.set()
+
+    def wait() -> None:
+        # an Event, not Thread.join: a signal that interrupts join() can mark a running thread as
+        # ended (CPython 3.11's _wait_for_tstate_lock), and the children would outlive the command
+        while not ended.wait(0.1):
+            pass
+        if failed:
+            raise failed[0]
+
+    threading.Thread(target=run, name="yarnconv-quantize", daemon=True).start()
+    try:
+        yield wait
+    finally:
+        stop.set()
+        ended.wait()
 
 
 def _child(src: str, dst: str, ftype: int, threads: int, imatrix: str | None = None) -> int:
