@@ -155,6 +155,9 @@ def quantizing(src: Path, targets: dict[str, Path], **kw: Any) -> Iterator[Calla
     those gaps instead of waiting their turn. Leaving the block early (an error or SIGTERM in the
     caller) stops the thread, which kills the children before the caller's scratch is removed.
     """
+    if not targets:  # nothing to quantize: no thread
+        yield lambda: None
+        return
     stop, ended, failed = threading.Event(), threading.Event(), list[BaseException]()
 
     def run() -> None:
