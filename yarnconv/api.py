@@ -287,7 +287,8 @@ def verify(model: str | os.PathLike[str], job: VerifyJob = VerifyJob(), *, progr
 
     lengths = parse_lengths(job.lengths) if job.lengths else [] if job.passkey else None
     report, checks = verify_model(
-        root, base=job.base, tokens=job.tokens, seed=job.seed, text=job.text, seeded=job.seeded, passkey=lengths, passkey_trials=job.passkey_trials, passkey_min=job.passkey_min, dtype=job.dtype or "auto", progress=progress
+        root, base=job.base, tokens=job.tokens, seed=job.seed, text=job.text, seeded=job.seeded, passkey=lengths, passkey_trials=job.passkey_trials, passkey_min=job.passkey_min, dtype=job.dtype or "auto", progress=progress,
+        engines=list(job.engine) or None, engine_python=job.engine_python,
     )
     beside = root / REPORT if root.is_dir() else root.with_name(root.name + ".verify.json")
     report["saved"] = str(save_report(beside, report))

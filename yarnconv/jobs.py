@@ -137,6 +137,14 @@ class VerifyJob:
         shown="auto",
     )
     report: str | None = option(help="Also write the report to this JSON file.", kind=os.PathLike)
+    engine: tuple[str, ...] = option(
+        (),
+        "Runtime to run MODEL in, repeatable: transformers or vllm for an HF checkpoint, llama.cpp for a GGUF.",
+        choices=("transformers", "llama.cpp", "vllm"),
+        shown="transformers for HF, llama.cpp for GGUF",
+        multiple=True,
+    )
+    engine_python: str | None = option(help="The Python of a virtualenv with vLLM, for --engine vllm when this one lacks it (or set YARNCONV_VLLM_PYTHON).", kind=os.PathLike)
 
 
 @dataclass(frozen=True)

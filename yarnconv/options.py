@@ -27,9 +27,11 @@ def option(
     short: str | None = None,
     kind: type | None = None,
     required: bool = False,
+    multiple: bool = False,
 ) -> Any:
-    """A request field: ``shown`` is the default as the help prints it when ``default`` is None."""
-    meta = {"help": help, "choices": choices, "shown": shown, "short": short, "kind": kind, "required": required}
+    """A request field: ``shown`` is the default as the help prints it when ``default`` is None;
+    ``multiple``: a repeatable option, a tuple of values (default empty)."""
+    meta = {"help": help, "choices": choices, "shown": shown, "short": short, "kind": kind, "required": required, "multiple": multiple}
     return dataclasses.field(default=default, metadata=meta)
 
 

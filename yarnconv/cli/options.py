@@ -24,6 +24,8 @@ def _option(name: str, meta: Any, default: Any) -> Callable[[Any], Any]:
         kw["type"] = click.Path()
     elif meta.get("kind") in (int, float):
         kw["type"] = meta["kind"]
+    if meta.get("multiple"):
+        return click.option(*decls, name, multiple=True, **kw)
     if meta.get("shown"):  # the library fills it in; None tells it the user gave none
         kw["help"] = f"{kw['help'] or ''}  [default: {meta['shown']}]".strip()
     elif default is not None:

@@ -11,7 +11,7 @@ from yarnconv.api import VerifyJob
 from yarnconv.cli.options import request_from, request_options
 from yarnconv.cli.output import emit
 
-SHOWN = ("inv_freq_max_rel_diff", "attention_factor_diff", "kl_max", "kl_mean", "top1_agreement", "kl_mean_to_plan", "kl_mean_to_plain_rope")
+SHOWN = ("inv_freq_max_rel_diff", "attention_factor_diff", "magnitude_diff", "max_model_len", "kl_max", "kl_mean", "max_abs_dlogprob", "top1_agreement", "kl_mean_to_plan", "kl_mean_to_plain_rope", "mean_abs_dlogprob_to_plan", "mean_abs_dlogprob_to_plain_rope")
 
 
 @click.command()

@@ -118,16 +118,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torc
     k, v = k.repeat_interleave(groups, dim=0), v.repeat_interleave(groups, dim=0)
     scale = q.shape[-1] ** -0.5
     out = torch.empty_like(q[..., : v.shape[-1]])
+    rising = bool((positions[1:] > positions[:-1]).all())  # then no key after a chunk is visible to it
     for start in range(0, q.shape[1], QUERY_CHUNK):
         end = min(q.shape[1], start + QUERY_CHUNK)
-        scores = torch.matmul(q[:, start:end], k.transpose(1, 2)) * scale
-        hidden = positions[None, :] > positions[start:end, None]
+        keys = end if rising else k.shape[1]
+        scores = torch.matmul(q[:, start:end], k[:, :keys].transpose(1, 2)) * scale
+        hidden = positions[None, :keys] > positions[start:end, None]
         for i in alone:
             if start <= i < end:
                 hidden[i - start] = True
                 hidden[i - start, i] = False
         scores.masked_fill_(hidden[None], float("-inf"))
-        out[:, start:end] = torch.matmul(torch.softmax(scores, dim=-1), v)
+        out[:, start:end] = torch.matmul(torch.softmax(scores, dim=-1), v[:, :keys])
     return out
 
 
@@ -160,6 +162,7 @@ class ReferenceModel:
         round_to: torch.dtype | None = None,
         ggml_angles: bool = False,
         ggml_inputs: bool = False,
+        dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """[T, vocab] float32 logits for ``tokens`` at ``positions`` (default 0..T-1); with ``keep``,
         only the last ``keep`` rows (long sequences: the output projection dominates memory);
@@ -169,7 +172,10 @@ class ReferenceModel:
         size of the half-precision noise this model has, which sets verify's bounds for an engine
         that runs it in half precision; ``ggml_angles``: rope angles rounded as ggml rounds them;
         ``ggml_inputs``: each matmul's input converted as ggml converts it for that weight's type
-        (8-bit blocks for quantized weights, the largest noise a quantized GGUF has in llama.cpp)."""
+        (8-bit blocks for quantized weights, the largest noise a quantized GGUF has in llama.cpp);
+        ``dtype=torch.float64`` computes the same function (float32 weights and rope tables) in double
+        precision: how far float32 arithmetic alone moves this model's logits, the noise floor an
+        engine computing in float32 is judged against."""
         self._round = (lambda t: t.to(round_to).float()) if round_to is not None else (lambda t: t)
         self._inputs = ggml_inputs
         s, w, r = self.shape, self.weights, self._round
@@ -178,16 +184,16 @@ class ReferenceModel:
         if pos.shape != ids.shape:
             raise YarnconvError("positions and tokens differ in length", "pass one position per token")
         cos, sin = rotary_tables(spec or self.spec, pos, ggml_angles=ggml_angles)
-        cos, sin = r(cos), r(sin)
-        x = r(w.rows("model.embed_tokens.weight", ids))
+        cos, sin = r(cos).to(dtype), r(sin).to(dtype)
+        x = r(w.rows("model.embed_tokens.weight", ids)).to(dtype)
         for i in range(s.layers):
             x = self._layer(i, x, cos, sin, pos, alone)
         x = r(rms_norm(x[-keep:] if keep else x, w.get("model.norm.weight"), s.eps))
         head = "lm_head.weight" if "lm_head.weight" in w and not s.tied else "model.embed_tokens.weight"
-        out = torch.empty(len(x), w.shape(head)[0])
+        out = torch.empty(len(x), w.shape(head)[0], dtype=dtype)
         start, x = 0, self._input(x, head)
         for rows in w.row_chunks(head, VOCAB_CHUNK):
-            out[:, start : start + len(rows)] = r(x @ rows.T)
+            out[:, start : start + len(rows)] = r(x @ rows.to(dtype).T)
             start += len(rows)
         return out
 
@@ -213,7 +219,7 @@ class ReferenceModel:
         return r(x + self._matmul(r(torch.nn.functional.silu(gate) * up), p + "mlp.down_proj.weight"))
 
     def _matmul(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        return self._round(self._input(x, name) @ self.weights.get(name).T)
+        return self._round(self._input(x, name) @ self.weights.get(name).to(x.dtype).T)
 
     def _input(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return ggml_input(x, self.weights.activation_format(name)) if self._inputs else x

