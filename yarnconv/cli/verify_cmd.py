@@ -19,8 +19,8 @@ SHOWN = ("inv_freq_max_rel_diff", "attention_factor_diff", "magnitude_diff", "ma
 @request_options(VerifyJob)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(model: str, as_json: bool, **settings: Any) -> None:
-    """Prove that MODEL runs as planned: an HF checkpoint in transformers, a GGUF file in llama.cpp,
-    each against yarnconv's reference forward (exit 1 if a check fails).
+    """Prove that MODEL runs as planned: an HF checkpoint in transformers (or vLLM with --engine vllm),
+    a GGUF file in llama.cpp, each against yarnconv's reference forward (exit 1 if a check fails).
 
     \b
     Examples:
@@ -28,6 +28,7 @@ def verify(model: str, as_json: bool, **settings: Any) -> None:
       yarnconv verify out/Model-YaRN-64k-F16.gguf --base out/
       yarnconv verify qwen-128k-Q4_K_M.gguf
       yarnconv verify ./out --tokens 512 --text notes.txt --report verify.json
+      yarnconv verify out/ --engine vllm --engine-python .venvs/vllm/bin/python
     """
     from yarnconv import api
 

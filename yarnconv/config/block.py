@@ -25,7 +25,7 @@ _BLOCK_KEYS = {
     "mscale_all_dim",
 }
 LAYER_TYPE_KEYS = {"full_attention", "sliding_attention", "chunked_attention", "main", "compress"}
-# Legacy keys that transformers and vLLM 0.33 ignore but the reference code, SGLang and TGI honour.
+# Legacy keys that transformers and vLLM 0.32 ignore but the reference code, SGLang and TGI honour.
 LEGACY_YARN_KEYS = ("attn_factor", "extrapolation_factor", "finetuned")
 # model_type values known to use no rotary embedding at all.
 NON_ROPE_MODEL_TYPES = {

@@ -98,7 +98,7 @@ def lint(view: ConfigView) -> list[Finding]:
             Finding(
                 "warning",
                 "legacy-keys",
-                f"{', '.join(legacy)}: ignored by transformers and vLLM 0.33, multiplied in by SGLang/TGI/vLLM < 0.33 (three different scales)",
+                f"{', '.join(legacy)}: ignored by transformers and vLLM 0.32, multiplied in by SGLang, TGI and older vLLM (three different scales)",
             )
         )
     if text.get("auto_map") or view.raw.get("auto_map"):
@@ -185,7 +185,7 @@ def _lint_yarn(view: ConfigView, raw_block: dict[str, Any]) -> list[Finding]:
             Finding(
                 "warning",
                 "explicit-attention-factor",
-                f"attention_factor={block.attention_factor:g}: ignored by the llama.cpp converter path, exllamav2, MLX and vLLM < 0.33",
+                f"attention_factor={block.attention_factor:g}: ignored by the llama.cpp converter path, exllamav2, MLX and older vLLM (0.32 honours it)",
             )
         )
     if block.mscale or block.mscale_all_dim:
@@ -193,7 +193,7 @@ def _lint_yarn(view: ConfigView, raw_block: dict[str, Any]) -> list[Finding]:
             Finding(
                 "info",
                 "mscale",
-                "mscale/mscale_all_dim set: honoured by transformers >= 4.51 and vLLM 0.33, not by the generic llama.cpp converter",
+                "mscale/mscale_all_dim set: honoured by transformers >= 4.51 and vLLM 0.32, not by the generic llama.cpp converter",
             )
         )
     return out

@@ -5,7 +5,7 @@ What each runtime needs (docs/runtimes.md §1-2):
 
 - transformers reads config.json as written; the versions that read it differently are inspect's
   runtime rows, repeated here as notes.
-- vLLM sizes the context by ``max_position_embeddings`` (0.33 never multiplies it by the factor).
+- vLLM sizes the context by ``max_position_embeddings`` (0.32 never multiplies it by a YaRN factor).
   Since 0.11.1 overrides go through ``--hf-overrides``; ``--rope-scaling`` is gone.
 - SGLang reads ``rope_scaling`` only, and takes overrides as ``--json-model-override-args``.
 - llama.cpp sizes by ``{arch}.context_length``; llama-server builds before PR #28030 cap every slot
@@ -33,6 +33,9 @@ from yarnconv.storage.files import CONFIG, read_json
 # bytes per cached element: 16-bit (every runtime's default), fp8 (vLLM/SGLang --kv-cache-dtype fp8),
 # llama.cpp's q8_0 and q4_0 cache types (34 and 18 bytes per block of 32)
 KV_BYTES = {"f16": 2.0, "fp8": 1.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+# SGLang has no CPU build to install here (its CPU backend is built from source for Intel AMX Xeons,
+# docs.sglang.io/platforms/cpu_server.html; these machines have AVX2 only): its line is modelled.
+SGLANG_UNRUN = "modelled from SGLang's source, not run by yarnconv's tests (no installable CPU build for AVX2 machines)"
 KV_FLAGS = {"fp8": "vLLM/SGLang --kv-cache-dtype fp8", "q8_0": "llama.cpp -ctk q8_0 -ctv q8_0 -fa on", "q4_0": "llama.cpp -ctk q4_0 -ctv q4_0 -fa on"}
 OLLAMA_READS_YARN = {"qwen3", "qwen3moe"}  # Go engines that read rope.scaling.*
 
@@ -89,23 +92,29 @@ def _hf_hints(root: Path, view: ConfigView) -> dict[str, Any]:
     q = shlex.quote(str(root))
     rows = runtimes.compare(view, runtimes.reference_specs(view)) if view.rope_head_dim else []
     off = {r["runtime"]: r for r in rows if r["verdict"] != "same"}
-    portable = json.dumps({"rope_scaling": block_to_dict(block, "portable")}, separators=(",", ":"))
+    scaling = {"rope_scaling": block_to_dict(block, "portable")}
+    if "rope_theta" not in view.text:  # a rope_parameters-only config: the theta must travel with the block
+        scaling["rope_theta"] = block.theta
+    portable = json.dumps(scaling, separators=(",", ":"))
     has_scaling = "rope_scaling" in view.text
     out: list[dict[str, Any]] = []
     notes = [f"{name}: {_why(r)}" for name, r in off.items() if name.startswith("transformers")]
     out.append({"runtime": "transformers", "command": f"AutoModelForCausalLM.from_pretrained({json.dumps(str(root))})", "notes": ["no flags: the YaRN config is read from config.json", *notes]})
     vllm = f"vllm serve {q} --max-model-len {context}"
     vllm_notes = []
-    if any(k.startswith("vLLM") for k in off) or not has_scaling:
+    if runtimes.VLLM in off:
         v5 = json.dumps({"rope_parameters": block_to_dict(block, "v5")}, separators=(",", ":"))
         vllm += f" --hf-overrides {shlex.quote(v5)}"
-        vllm_notes.append("the config alone is read differently by vLLM (see inspect): vLLM >= 0.33 takes the rope_parameters form above")
-        vllm_notes.append(f"vLLM < 0.33 (before PR #56446) takes --hf-overrides {shlex.quote(portable)}")
+        vllm_notes.append(f"the config alone is read differently by {runtimes.VLLM} (see inspect): the override above is the rope_parameters form it reads")
+    elif not has_scaling:
+        vllm_notes.append(f"{runtimes.VLLM} reads this rope_parameters config as written (checked by running it); older vLLM that reads rope_scaling only takes --hf-overrides {shlex.quote(portable)}")
     out.append({"runtime": "vLLM", "command": vllm, "notes": vllm_notes or ["no rope flags: vLLM reads the YaRN config; --max-model-len sets the window"]})
     sglang = f"python -m sglang.launch_server --model-path {q} --context-length {context}"
     if not has_scaling:
         sglang += f" --json-model-override-args {shlex.quote(portable)}"
-    out.append({"runtime": "SGLang", "command": sglang, "notes": ["SGLang reads rope_scaling only" + ("; the config has rope_parameters alone, so the override carries it" if not has_scaling else ": this config has it")]})
+    sglang_notes = ["SGLang reads rope_scaling only" + ("; the config has rope_parameters alone, so the override carries it" if not has_scaling else ": this config has it")]
+    sglang_notes.append(SGLANG_UNRUN)
+    out.append({"runtime": "SGLang", "command": sglang, "notes": sglang_notes})
     gguf = f"{root.name}-Q4_K_M.gguf"
     out.append(
         {

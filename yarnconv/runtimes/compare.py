@@ -7,7 +7,7 @@ from typing import Any
 
 from yarnconv import rope
 from yarnconv.config import ConfigView, read_config
-from yarnconv.runtimes.readers import READERS, mla_softmax_multiplier, reading
+from yarnconv.runtimes.readers import BASIS, READERS, mla_softmax_multiplier, reading
 
 
 def _layer_row(spec: rope.RopeSpec, ref: rope.RopeSpec) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def compare(view: ConfigView, references: dict[str, rope.RopeSpec]) -> list[dict
     rows = []
     for name in READERS:
         r = reading(view, name)
-        row: dict[str, Any] = {"runtime": name, "notes": r.notes, "max_context": r.max_context}
+        row: dict[str, Any] = {"runtime": name, "basis": BASIS[name], "notes": r.notes, "max_context": r.max_context}
         if r.error:
             verdict = "unsupported" if r.error.startswith("unsupported") else "fails"
             rows.append({**row, "method": "error", "verdict": verdict, "error": r.error})

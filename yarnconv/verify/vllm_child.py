@@ -59,18 +59,14 @@ def _find_rotary(model: Any) -> Any:
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
     import torch
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    llm = LLM(
-        model=job["model"],
-        dtype=job.get("dtype", "float32"),
-        max_model_len=job["max_model_len"],
-        enforce_eager=True,
-        skip_tokenizer_init=True,
-        max_logprobs=job.get("logprobs", 20),
-        max_num_batched_tokens=job.get("batch_tokens", 2048),  # chunked prefill: prompt logprobs per chunk, memory bounded
-        seed=0,
-    )
+    default = serve_args({"args": [job["model"]]})  # what `vllm serve DIR` with no flags would serve
+    try:
+        llm = _llm(job)
+    except Exception as exc:  # noqa: BLE001 - vLLM's refusal is the answer
+        traceback.print_exc()
+        return {"error": _message(exc), "default": default}
 
     def inspect(worker: Any) -> dict[str, Any]:
         return _rope_facts(_find_rotary(worker.model_runner.model))
@@ -114,7 +110,22 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
                 continue
             rows.append({"token": request["tokens"][i], "top": {str(t): lp.logprob for t, lp in entry.items()}})
         results.append({"rows": rows})
-    return {"vllm_version": _version(), "max_model_len": int(config.max_model_len), "rope": rope, "requests": results}
+    return {"vllm_version": _version(), "max_model_len": int(config.max_model_len), "default": default, "rope": rope, "requests": results}
+
+
+def _llm(job: dict[str, Any]) -> Any:
+    from vllm import LLM
+
+    return LLM(
+        model=job["model"],
+        dtype=job.get("dtype", "float32"),
+        max_model_len=job["max_model_len"],
+        enforce_eager=True,
+        skip_tokenizer_init=True,
+        max_logprobs=job.get("logprobs", 20),
+        max_num_batched_tokens=job.get("batch_tokens", 2048),  # chunked prefill: prompt logprobs per chunk, memory bounded
+        seed=0,
+    )
 
 
 def _version() -> str:
@@ -124,28 +135,31 @@ def _version() -> str:
 
 
 def serve_args(job: dict[str, Any]) -> dict[str, Any]:
-    """The context ``vllm serve ARGS`` derives: vLLM's own parser, then its engine config's model part."""
-    from vllm.engine.arg_utils import EngineArgs
-    from vllm.entrypoints.openai.cli_args import make_arg_parser
+    """What ``vllm serve ARGS`` derives: ARGS through vLLM's own ``serve`` parser, then the model part
+    of its engine config (the context it will serve and the rope parameters it will build from)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.cli.serve import ServeSubcommand
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    parser = make_arg_parser(FlexibleArgumentParser())
+    parser = ServeSubcommand().subparser_init(FlexibleArgumentParser().add_subparsers())
     args = parser.parse_args(job["args"])
-    engine_args = EngineArgs.from_cli_args(args)
+    if getattr(args, "model_tag", None) is not None:  # as ServeSubcommand.cmd does
+        args.model = args.model_tag
     try:
-        config = engine_args.create_model_config()
+        config = AsyncEngineArgs.from_cli_args(args).create_model_config()
     except Exception as exc:  # noqa: BLE001 - vLLM's own refusal is the answer
         return {"error": _message(exc)}
-    return {"vllm_version": _version(), "max_model_len": int(config.max_model_len)}
+    rope = _jsonable(getattr(config.hf_text_config, "rope_parameters", None))
+    return {"vllm_version": _version(), "max_model_len": int(config.max_model_len), "rope_parameters": rope}
 
 
 def configs(job: dict[str, Any]) -> dict[str, Any]:
-    """vLLM's reading of each config: derived max_model_len, and the rope its model class builds.
+    """vLLM's reading of each config: derived max_model_len, and the ropes its model class builds.
 
-    The model class is constructed on the meta device up to its first ``get_rope`` call, whose
-    arguments are recorded; that call is then replayed on the CPU to build the real rotary module."""
+    The model class is constructed on the meta device (no weights, no memory) with ``get_rope``
+    recorded; each distinct call is replayed on the CPU to read the rotary module it returns."""
     import torch
-    from vllm.config import set_current_vllm_config
+    from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.distributed import parallel_state as ps
     from vllm.engine.arg_utils import EngineArgs
     from vllm.model_executor.layers import rotary_embedding as re
@@ -153,18 +167,17 @@ def configs(job: dict[str, Any]) -> dict[str, Any]:
 
     if not ps.model_parallel_is_initialized():
         port = 29000 + os.getpid() % 1000
-        ps.init_distributed_environment(world_size=1, rank=0, distributed_init_method=f"tcp://127.0.0.1:{port}", local_rank=0, backend="gloo")
-        ps.initialize_model_parallel(1, 1)
-
-    class Seen(Exception):
-        pass
+        with set_current_vllm_config(VllmConfig()):
+            ps.init_distributed_environment(world_size=1, rank=0, distributed_init_method=f"tcp://127.0.0.1:{port}", local_rank=0, backend="gloo")
+            ps.initialize_model_parallel(1, 1)
 
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
     original = re.get_rope
 
     def recording(*args: Any, **kwargs: Any) -> Any:
         calls.append((args, kwargs))
-        raise Seen
+        with torch.device("cpu"):  # the rest of the model stays on the meta device
+            return original(*args, **kwargs)
 
     out: dict[str, Any] = {"vllm_version": _version(), "dirs": {}}
     for d in job["dirs"]:
@@ -176,23 +189,23 @@ def configs(job: dict[str, Any]) -> dict[str, Any]:
             text = vconfig.model_config.hf_text_config
             entry["rope_parameters"] = _jsonable(getattr(text, "rope_parameters", None))
             model_class, _ = get_model_architecture(vconfig.model_config)
-            patched = [m for m in list(sys.modules.values()) if m is not None and getattr(m, "get_rope", None) is original]
+            entry["model_class"] = model_class.__name__  # TransformersForCausalLM: transformers' own modeling code runs the rope
+            patched = [m for name, m in list(sys.modules.items()) if name.startswith("vllm.") and vars(m).get("get_rope") is original]
             for m in patched:
                 m.get_rope = recording
             try:
                 with set_current_vllm_config(vconfig), torch.device("meta"):
                     model_class(vllm_config=vconfig, prefix="")
-            except Seen:
-                pass
             finally:
                 for m in patched:
                     m.get_rope = original
-            if calls:
-                args, kwargs = calls[0]
-                entry["get_rope"] = _jsonable({"args": list(args), "kwargs": {k: v for k, v in kwargs.items() if k != "dtype"}})
-                entry["rope"] = _rope_facts(original(*args, **kwargs))
-            else:
-                entry["rope"] = None  # the model class builds no rotary embedding (ALiBi, learned positions)
+            ropes: dict[str, Any] = {}
+            for args, kwargs in calls:  # one entry per distinct rotary embedding (Gemma 3: local and global)
+                key = json.dumps(_jsonable({"args": list(args), "kwargs": {k: v for k, v in kwargs.items() if k != "dtype"}}), sort_keys=True)
+                if key not in ropes:
+                    with set_current_vllm_config(vconfig):
+                        ropes[key] = {"get_rope": json.loads(key), **_rope_facts(original(*args, **kwargs))}
+            entry["ropes"] = list(ropes.values())  # empty: no rotary embedding (ALiBi, learned positions)
         except Exception as exc:  # noqa: BLE001 - what vLLM raises is the answer
             entry = {"error": _message(exc)}
             traceback.print_exc()

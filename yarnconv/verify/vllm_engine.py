@@ -117,7 +117,7 @@ def rope_check(s: Subject, built: dict[str, Any], context: int) -> Check:
         "theta": built.get("base"),
         "theta_matches": abs(float(built.get("base") or 0.0) - spec.base) <= 1e-6 * spec.base,
         "cache_rows": built.get("cache_rows"),
-        "cache_covers_context": int(built.get("cache_rows") or 0) >= context,
+        "cache_covers_context": int(built.get("cache_rows") or 0) >= context,  # every position vLLM will serve has a row
     }
     for key in ("scaling_factor", "mscale", "max_position_embeddings"):
         if key in built:
@@ -132,7 +132,8 @@ def _cause(s: Subject, what: str) -> str:
     from yarnconv.config.block import differences
 
     diffs = differences(s.view.rope, s.block)
-    if s.view.rope.rope_type == "default" and s.block.rope_type != "default":
+    has_block = "rope_scaling" in s.view.text or "rope_parameters" in s.view.text
+    if not has_block and s.block.rope_type != "default":
         return f"{what}: config.json has no rope scaling block (the plan is {s.block.rope_type}); fix: re-run extend, or restore config.json"
     if diffs:
         return f"{what}: config.json's rope block reads as {'; '.join(diffs)}; fix: re-run extend, or restore config.json"
@@ -140,18 +141,28 @@ def _cause(s: Subject, what: str) -> str:
 
 
 def context_check(s: Subject, result: dict[str, Any], context: int) -> Check:
-    """vLLM serves the planned context with --max-model-len set to it, as the hints say."""
+    """vLLM serves the planned context: with --max-model-len set to it (as the hints say), and by
+    itself (`vllm serve OUT` with no flag derives its length from config.json and the tokenizer config)."""
     name = "vLLM context"
+    default = result.get("default") or {}
+    measured: dict[str, Any] = {"planned_context": context, "default_max_model_len": default.get("max_model_len")}
     if "error" in result:
         why = result["error"]
         if "max_model_len" in why:
             cause = f"vLLM refuses --max-model-len {context}: config.json's max_position_embeddings is {s.view.max_position}"
             if s.view.max_position and s.block.original_context and s.view.max_position <= s.block.original_context:
                 cause += " (the original length): vLLM never multiplies it by a YaRN factor, so the server is capped there"
-            return Check(name, "failed", {"planned_context": context}, reason=f"{cause}; fix: re-run extend, which sets it to the new context ({why[:160]})")
-        return Check(name, "failed", {"planned_context": context}, reason=f"vLLM fails to load the checkpoint: {why[:300]}")
-    measured = {"max_model_len": result["max_model_len"], "planned_context": context}
-    return judge(name, measured, (Bound("max_model_len", "==", context),))
+            return Check(name, "failed", measured, reason=f"{cause}; fix: re-run extend, which sets it to the new context ({why[:160]})")
+        return Check(name, "failed", measured, reason=f"vLLM fails to load the checkpoint: {why[:300]}")
+    measured["max_model_len"] = result["max_model_len"]
+    check = judge(name, measured, (Bound("max_model_len", "==", context), Bound("default_max_model_len", "==", context)))
+    if check.passed or measured["max_model_len"] != context:
+        return check
+    return Check(name, "failed", measured, check.bounds, (
+        f"`vllm serve` without --max-model-len serves {default.get('max_model_len', default.get('error'))} tokens, not the planned {context}: "
+        "vLLM takes the smallest of config.json's length keys (max_position_embeddings, max_sequence_length, seq_length, ...) and the tokenizer config's "
+        "model_max_length; fix: re-run extend, or set those to the new context"
+    ))
 
 
 def logprob_stats(ref: np.ndarray, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -245,7 +256,8 @@ def checks(s: Subject, probe: Probe, planned: np.ndarray, plain: np.ndarray, ref
         why = "vLLM did not start (see the context check)"
         return [*out, *(skipped(n, why) for n in ("vLLM rope", "vLLM logprobs", "vLLM applies the planned scaling"))], facts
     facts["rope"] = {k: v for k, v in result["rope"].items() if k != "inv_freq"}
-    out.append(rope_check(s, result["rope"], context))
+    served = max(context, int((result.get("default") or {}).get("max_model_len") or 0))
+    out.append(rope_check(s, result["rope"], served))
     gapped = result["requests"][0]
     noise: dict[str, dict[str, Any]] = {}
     if "error" in gapped:
