@@ -145,3 +145,40 @@ def test_smollm2_x4_runs_in_vllm_as_planned(smollm2_dir: Path, vllm_python: Path
         assert m["max_abs_dlogprob"] <= 3 * m["float32_noise_max_abs_dlogprob"] and m["top1_agreement"] == 1.0, m
     noop = checks["vLLM applies the planned scaling"]["measured"]
     assert noop["mean_abs_dlogprob_to_plain_rope"] > 1000 * noop["mean_abs_dlogprob_to_plan"]
+
+
+def test_sigterm_stops_vllm_with_the_command(tiny_extended: Path, vllm_python: Path) -> None:
+    """SIGTERM while vLLM loads: the command exits 143 and leaves no vLLM process behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cmd = [sys.executable, "-m", "yarnconv", "verify", str(tiny_extended), "--seeded", "--engine", "vllm", "--engine-python", str(vllm_python)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def children() -> list[int]:
+        found = []
+        for p in Path("/proc").iterdir():
+            if p.name.isdigit():
+                try:
+                    stat = (p / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat[stat.rindex(")") + 2 :].split()[1]) == proc.pid:
+                    found.append(int(p.name))
+        return found
+
+    deadline = time.monotonic() + 120
+    while not children() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    kids = children()
+    assert kids, "vLLM's child never started"
+    time.sleep(3)  # inside vLLM's import
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    time.sleep(0.5)
+    for pid in kids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], f"vLLM child {pid} outlived the command"
+    assert "Traceback" not in err and len([x for x in err.splitlines() if x.strip()]) <= 1, err
