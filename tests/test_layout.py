@@ -21,6 +21,7 @@ LAYERS = [
     {"hf", "gguf"},
     {"verify"},
     {"publish"},
+    {"evaluation"},
     {"api"},
     {"cli", "__main__"},
 ]

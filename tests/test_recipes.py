@@ -74,6 +74,10 @@ BAD = [
     ("[extend]\nscale = 4.0\n[hf]\ndtype = \"fp8\"\n", 4, "is not one of f32, f16, bf16"),
     ("[extend]\nscale = 4.0\n[hf]\nmax_shard_size = \"big\"\n", 4, "is not a size"),
     ("[extend]\nscale = 4.0\n[push]\nprivate = true\n", 3, "[push] needs repo"),
+    ("[extend]\nscale = 4.0\n[eval]\nstrid = 256\n", 4, "unknown key 'strid' in [eval]"),
+    ("[extend]\nscale = 4.0\n[eval]\npasskey_trials = 3\n", 4, "passkey_trials needs passkey = true"),
+    ("[extend]\nscale = 4.0\n[eval]\nmethods = 3\n", 4, "[eval] methods must be a string"),
+    ("[extend]\nscale = 4.0\n[eval]\nengine = \"vllm\"\n", 4, "is not one of transformers, llama.cpp, reference"),
 ]
 
 

@@ -23,10 +23,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from yarnconv.errors import UsageError, YarnconvError
-from yarnconv.jobs import GGUF_SETTINGS, DemoJob, ExportJob, ExtendJob, GGUFOptions, InspectJob, PushJob, RunJob, VerifyJob, parse_size
+from yarnconv.jobs import (
+    GGUF_SETTINGS,
+    DemoJob,
+    EvalJob,
+    ExportJob,
+    ExtendJob,
+    GGUFOptions,
+    InspectJob,
+    PushJob,
+    RunJob,
+    VerifyJob,
+    parse_size,
+)
 from yarnconv.options import reject
 
-__all__ = ["DemoJob", "ExportJob", "ExtendJob", "GGUFOptions", "InspectJob", "PushJob", "Result", "RunJob", "VerifyJob", "parse_size"]
+__all__ = ["DemoJob", "EvalJob", "ExportJob", "ExtendJob", "GGUFOptions", "InspectJob", "PushJob", "Result", "RunJob", "VerifyJob", "parse_size"]
 
 @dataclass
 class Result:
@@ -297,6 +309,28 @@ def verify(model: str | os.PathLike[str], job: VerifyJob = VerifyJob(), *, progr
     return Result("verify", report["kind"], report, ok=report["ok"], details={"checks": checks})
 
 
+def evaluate(model: str | os.PathLike[str], job: EvalJob = EvalJob(), *, progress: bool = False) -> Result:
+    """``yarnconv eval``: perplexity against context length (and passkey accuracy) for the extended model,
+    its base and the other scalings at the same factor; saved beside the model (yarnconv-eval.json and
+    its PNG, or FILE.gguf.eval.json) and shown in its model card."""
+    from pathlib import Path
+
+    from yarnconv.evaluation.protocol import parse_lengths
+    from yarnconv.evaluation.report import save
+    from yarnconv.evaluation.rows import parse_methods
+    from yarnconv.evaluation.run import evaluate_model
+
+    if not job.passkey:
+        reject(job, ["passkey_trials"], "a run without --passkey")
+    lengths = parse_lengths(job.lengths) if job.lengths else None
+    report = evaluate_model(
+        Path(model), base=job.base, lengths=lengths, methods=parse_methods(job.methods), stride=job.stride, windows=job.windows, texts=job.text,
+        engine=job.engine, passkey=job.passkey, passkey_trials=job.passkey_trials, seed=job.seed, progress=progress,
+    )  # fmt: skip
+    save(Path(model), report, Path(job.report) if job.report else None)
+    return Result("eval", report["kind"], report)
+
+
 def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: bool = True) -> Result:
     """``yarnconv run RECIPE``: extend, export and verify as a TOML recipe says (a file, or a shipped
     recipe by name), then write the model cards and, with ``--push``, publish. The checkpoint goes
@@ -306,7 +340,7 @@ def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: boo
     import shutil
     from pathlib import Path
 
-    from yarnconv.publish.recipe import as_dict, load_recipe
+    from yarnconv.publish.recipe import as_dict, load_recipe, recipe_steps
 
     r = load_recipe(recipe)
     model = job.model or r.model
@@ -316,7 +350,7 @@ def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: boo
         raise UsageError(f"{r.path} has no [push] table to push to", 'add [push] repo = "name", or drop --push')
     rope = r.extend
     revision = r.revision if not job.model else None
-    record: dict[str, Any] = {"dry_run": job.dry_run, **as_dict(r), "model": str(model), "steps": _steps(r, model, str(job.output or "OUTPUT"), job.push)}
+    record: dict[str, Any] = {"dry_run": job.dry_run, **as_dict(r), "model": str(model), "steps": recipe_steps(r, model, str(job.output or "OUTPUT"), job.push)}
     if job.dry_run:
         record["plan"] = extend(model, ExtendJob(rope=rope, revision=revision, dry_run=True), progress=False).record
         return Result("run", "dry-run", record)
@@ -349,6 +383,8 @@ def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: boo
         from yarnconv.storage.sources import resolve
 
         record["passkey"] = verify(out, dataclasses.replace(r.verify, base=str(resolve(model, revision).path)), progress=progress).record
+    if r.eval is not None:
+        record["eval"] = evaluate(out, r.eval, progress=progress).record
     from yarnconv.publish.card import write_card
 
     record["cards"] = [str(write_card(out))] + ([str(write_card(gguf_dir, gguf=True, record_dir=out))] if r.gguf is not None else [])
@@ -360,24 +396,3 @@ def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: boo
         if r.gguf is not None:
             record["push"].append(push(gguf_dir, f"{repo}-GGUF", settings, progress=progress).record)
     return Result("run", "recipe", record)
-
-
-def _steps(r: Any, model: str, out: str, pushing: bool) -> list[str]:
-    hf = f", then written as {r.hf.get('dtype', 'the same dtype')}" + (f" in shards of {r.hf['max_shard_size']}" if r.hf.get("max_shard_size") else "") if r.hf else ""
-    steps = [f"extend {model} -> {out} ({', '.join(f'{k} {v}' for k, v in _given(r.extend).items())}){hf}"]
-    if r.gguf is not None:
-        steps.append(f"export GGUF {r.gguf.outtype} -> {out}-GGUF/")
-    if r.verify is not None:
-        steps.append("verify each output right after writing it" + (", then passkey retrieval beside the source" if r.verify.passkey else ""))
-    steps.append(f"save the recipe as {out}/yarnconv-recipe.toml, and a model card (README.md) in each output folder")
-    if r.push is not None:
-        where = f"{r.push['repo']}" + (" (private)" if r.push.get("private") else "")
-        steps.append(("" if pushing else "with --push: ") + f"push {out} -> {where}" + (f", {out}-GGUF -> {r.push['repo']}-GGUF" if r.gguf is not None else ""))
-    return steps
-
-
-def _given(request: Any) -> dict[str, Any]:
-    from yarnconv.options import given
-
-    return {name: getattr(request, name) for name in given(request)}
-

@@ -148,6 +148,32 @@ class VerifyJob:
 
 
 @dataclass(frozen=True)
+class EvalJob:
+    """What ``yarnconv eval`` takes besides the model."""
+
+    base: str | None = option(
+        help="The model MODEL was extended from (an HF directory; for a GGUF MODEL, a GGUF file); default: MODEL's own weights with the rope they had before extend.",
+        kind=os.PathLike,
+    )
+    lengths: str | None = option(help="Context lengths, e.g. 2k,4k,8k,16k,32k (default: from a quarter of the original length, doubling, to the new context).")
+    methods: str | None = option(
+        help="Other scalings at the same factor, built from the base on the fly, comma-separated: yarn, linear (PI), dynamic (NTK); '' for none.", shown="linear,dynamic,yarn"
+    )
+    stride: int = option(256, "Sliding-window stride S: each window scores its last S tokens, which see at least L-S tokens of context.", kind=int)
+    windows: int = option(1, "Windows per length and document, S apart (more scored tokens, proportionally more time).", kind=int)
+    text: tuple[str, ...] = option((), "Text file to score, repeatable; each file is one document (default: Python's standard-library sources on this machine).", kind=os.PathLike, multiple=True)
+    engine: str | None = option(
+        help="Runtime: transformers (HF), llama.cpp (GGUF), or reference (yarnconv's streaming forward, for models transformers cannot hold).",
+        choices=("transformers", "llama.cpp", "reference"),
+        shown="transformers for HF (reference when it does not fit), llama.cpp for GGUF",
+    )
+    passkey: bool = option(False, "Also run passkey retrieval (verify's test) at every length for every row.")
+    passkey_trials: int = option(2, "Passkey trials per length and depth (5 depths).", kind=int)
+    seed: int = option(0, "Seed of the text choice and the passkeys.", kind=int)
+    report: str | None = option(help="Also write the report to this JSON file.", kind=os.PathLike)
+
+
+@dataclass(frozen=True)
 class RunJob:
     """What ``yarnconv run RECIPE`` takes besides the recipe."""
 

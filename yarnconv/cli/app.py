@@ -54,7 +54,7 @@ def os_error_line(exc: OSError) -> str:
 
 
 # command name -> module under yarnconv.cli; imported only when that command runs (start-up cost)
-COMMANDS = {"demo": "demo_cmd", "export": "export_cmd", "extend": "extend_cmd", "hints": "hints_cmd", "inspect": "inspect_cmd", "push": "push_cmd", "run": "run_cmd", "verify": "verify_cmd"}
+COMMANDS = {"demo": "demo_cmd", "eval": "eval_cmd", "export": "export_cmd", "extend": "extend_cmd", "hints": "hints_cmd", "inspect": "inspect_cmd", "push": "push_cmd", "run": "run_cmd", "verify": "verify_cmd"}
 
 
 class _Group(click.Group):
@@ -69,7 +69,8 @@ class _Group(click.Group):
             return None
         import importlib
 
-        return getattr(importlib.import_module(f"yarnconv.cli.{COMMANDS[cmd_name]}"), cmd_name)  # type: ignore[no-any-return]
+        module = importlib.import_module(f"yarnconv.cli.{COMMANDS[cmd_name]}")
+        return getattr(module, cmd_name, None) or getattr(module, f"{cmd_name}_")  # type: ignore[no-any-return]
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -114,6 +115,7 @@ def main() -> None:
       yarnconv extend Qwen/Qwen2.5-7B-Instruct --target-context 131072 -o qwen-128k
       yarnconv run smollm2-135m-32k -o smollm2-32k
       yarnconv hints smollm2-32k
+      yarnconv eval smollm2-32k --lengths 2k,8k,32k
       yarnconv push smollm2-32k me/SmolLM2-135M-Instruct-YaRN-32k --dry-run
       yarnconv demo
     """

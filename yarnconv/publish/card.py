@@ -24,6 +24,7 @@ from yarnconv.storage.files import RECORD, read_json
 
 CARD = "README.md"
 REPORT = "yarnconv-verify.json"
+EVAL = "yarnconv-eval.json"
 RECIPE = "yarnconv-recipe.toml"
 TAGS = ["yarn", "long-context", "rope-scaling", "yarnconv"]
 STATIC_NOTE = (
@@ -146,6 +147,7 @@ def _body(root: Path, home: Path, record: dict[str, Any], base: str | None, gguf
     if (figure and plot.available()) or (root / plot.PNG).is_file():
         lines += [f"![Which RoPE dimensions YaRN keeps, blends or interpolates; verify's KL and NLL by position]({plot.PNG})", ""]
     lines += _verify_section(root, gguf)
+    lines += _eval_section(root, gguf)
     if (home / RECIPE).is_file():
         lines += ["## Recipe", "", "```toml", (home / RECIPE).read_text().rstrip(), "```", ""]
     lines += _launch_section(root, gguf)
@@ -168,6 +170,34 @@ def _verify_section(root: Path, gguf: bool) -> list[str]:
             kl = (c.get("measured") or {}).get("kl_mean")
             out.append(f"| {c['name']} | {c['status']} | {'' if kl is None else f'{kl:.3g}'} |")
         out.append("")
+    return out
+
+
+def _eval_section(root: Path, gguf: bool) -> list[str]:
+    """``yarnconv eval``'s table (perplexity per row and length) and figure, when it ran on this output."""
+    reports = sorted(root.glob("*.gguf.eval.json")) if gguf else [root / EVAL] if (root / EVAL).is_file() else []
+    if not reports:
+        return []
+    out = ["## Long-context evaluation", ""]
+    for path in reports:
+        r = json.loads(path.read_text())
+        lengths = [f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in r["lengths"]]
+        head = f"**{path.name.removesuffix('.eval.json')}**: " if gguf else ""
+        out += [f"{head}`yarnconv eval`, perplexity in {r['engine']} on {r['text']['source']} ({r['text']['scored_tokens_per_length']} tokens scored per length; {r['protocol']['definition']}). Lower is better; the original context is {r['original_context']}, the new one {r['context']}.", ""]
+        out += ["| | " + " | ".join(lengths) + " |", "|---|" + "---|" * len(lengths)]
+        for row in r["rows"]:
+            label = row["label"] + (f" (= {row['same_as']})" if row.get("same_as") else "")
+            out.append(f"| {label}: {row['describe']} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in row["ppl"]) + " |")
+        out.append("")
+        if r.get("passkey"):
+            pk = r["passkey"]["per_length"]
+            out += ["Passkey retrieval (accuracy over 5 depths):", "", "| | " + " | ".join(lengths) + " |", "|---|" + "---|" * len(lengths)]
+            for label in dict.fromkeys(p["model"] for p in pk):
+                out.append(f"| {label} | " + " | ".join(f"{p['accuracy']:.0%}" for p in pk if p["model"] == label) + " |")
+            out.append("")
+        figure = Path(r.get("figure") or "")
+        if figure.is_file() and figure.parent == path.parent:
+            out += [f"![Perplexity against context length for each row]({figure.name})", ""]
     return out
 
 

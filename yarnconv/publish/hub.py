@@ -20,7 +20,7 @@ from yarnconv.publish.card import CARD, RECIPE, REPORT, build_card, write_card
 from yarnconv.publish.plot import PNG
 from yarnconv.storage.files import CONFIG, RECORD, read_json
 
-OWN = {CONFIG, RECORD, CARD, REPORT, RECIPE, PNG, "yarnconv_rope.safetensors", "model.safetensors.index.json"}
+OWN = {CONFIG, RECORD, CARD, REPORT, RECIPE, PNG, "yarnconv-eval.json", "yarnconv-eval.png", "yarnconv_rope.safetensors", "model.safetensors.index.json"}
 
 
 def publishable(folder: Path) -> tuple[list[str], list[str], Path | None]:
@@ -33,7 +33,7 @@ def publishable(folder: Path) -> tuple[list[str], list[str], Path | None]:
         keep = [f for f in every if f in listed or f in OWN or fnmatch.fnmatch(f, "model*.safetensors")]
         home: Path | None = folder
     elif any(f.endswith(".gguf") for f in every):
-        keep = [f for f in every if "/" not in f and (f.endswith(".gguf") or f.endswith(".gguf.verify.json") or f in (CARD, PNG))]
+        keep = [f for f in every if "/" not in f and (f.endswith((".gguf", ".gguf.verify.json", ".gguf.eval.json", ".gguf.eval.png")) or f in (CARD, PNG))]
         beside = folder.parent / folder.name.removesuffix("-GGUF")
         home = beside if (beside / RECORD).is_file() else None
     else:

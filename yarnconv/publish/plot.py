@@ -84,3 +84,57 @@ def rope_figure(block: dict[str, Any], head_dim: int, path: Path, by_position: d
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def eval_figure(report: dict[str, Any], path: Path) -> Path:
+    """``eval``'s figure: perplexity against context length per row (the original and new context marked),
+    and passkey accuracy per row when it ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    passkey = report.get("passkey")
+    fig, axes = plt.subplots(2 if passkey else 1, 1, figsize=(8, 3.6 * (2 if passkey else 1)), squeeze=False)
+    ax, lengths = axes[0][0], report["lengths"]
+    for r in report["rows"]:
+        if r.get("same_as") or not any(v is not None for v in r["ppl"]):
+            continue
+        low = [v - lo for v, (lo, _) in zip(r["ppl"], r["ci95"], strict=True)]
+        high = [hi - v for v, (_, hi) in zip(r["ppl"], r["ci95"], strict=True)]
+        ax.errorbar(lengths, r["ppl"], yerr=[low, high], marker="o", ms=4, lw=1.4 if r["label"] == "extended" else 1, capsize=2, label=f"{r['label']}: {r['describe']}")
+    _context_lines(ax, report)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(lengths, [f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in lengths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(f"Sliding-window perplexity (stride {report['protocol']['stride']}), {report['engine']}")
+    ax.legend(fontsize=7)
+    if passkey:
+        ax = axes[1][0]
+        for label in dict.fromkeys(p["model"] for p in passkey["per_length"]):
+            points = [p for p in passkey["per_length"] if p["model"] == label]
+            acc = [p["accuracy"] for p in points]
+            err = [[a - p["ci95"][0] for a, p in zip(acc, points, strict=True)], [p["ci95"][1] - a for a, p in zip(acc, points, strict=True)]]
+            ax.errorbar([p["length"] for p in points], acc, yerr=err, marker="o", ms=4, capsize=2, label=label)
+        _context_lines(ax, report)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in lengths])
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_ylabel("passkey accuracy (95% CI)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _context_lines(ax: Any, report: dict[str, Any]) -> None:
+    if report.get("original_context"):
+        ax.axvline(report["original_context"], color="black", lw=1, ls="--", label=f"original context {report['original_context']}")
+    if report.get("context"):
+        ax.axvline(report["context"], color="grey", lw=1, ls=":", label=f"new context {report['context']}")

@@ -9,6 +9,7 @@ its flag means (``scale`` is ``--scale``)::
     [hf]                          # dtype (f32, f16, bf16) and max_shard_size of the checkpoint written
     [gguf]                        # outtype = ["q4_k_m", "q8_0"], gguf_rope, pre_tokenizer, imatrix
     [verify]                      # enabled, tokens, passkey, lengths, passkey_trials, passkey_min, ...
+    [eval]                        # enabled, lengths, methods, stride, windows, text = [...], passkey, ...
     [push]                        # repo (name in your namespace, or org/name), private
 
 Validation is strict and happens before anything runs: an unknown table or key, a value of the
@@ -29,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from yarnconv.errors import YarnconvError
-from yarnconv.jobs import GGUFOptions, VerifyJob
+from yarnconv.jobs import EvalJob, GGUFOptions, VerifyJob
 from yarnconv.options import flat_fields, from_flat
+from yarnconv.options import given as given_names
 from yarnconv.plan import ExtendRequest
 
 if sys.version_info >= (3, 11):
@@ -41,6 +43,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 SHIPPED = "yarnconv.recipes"
 EXTEND_EXTRA = {"link": ("auto", "reflink", "hardlink", "copy"), "precompute_inv_freq": bool}
 VERIFY_SKIP = {"base", "report"}  # the run decides these
+EVAL_SKIP = {"base", "report"}  # eval runs on the output, with the rope it had before extend as the base
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Recipe:
     verify: VerifyJob | None
     hf: dict[str, str] | None = None  # dtype, max_shard_size
     push: dict[str, Any] | None = None  # repo, private
+    eval: EvalJob | None = None  # noqa: A003 - the command's name
 
 
 def shipped() -> list[str]:
@@ -90,6 +94,7 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     known["verify"] = {**_field_types(VerifyJob, skip=VERIFY_SKIP), "enabled": bool}
     known["hf"] = {"dtype": ("f32", "f16", "bf16"), "max_shard_size": str}
     known["push"] = {"repo": str, "private": bool}
+    known["eval"] = {**_field_types(EvalJob, skip=EVAL_SKIP), "text": (str, list), "enabled": bool}
     for table, values in data.items():
         if table not in known:
             raise _error(text, where, table, None, f"unknown table [{table}]", f"tables are {', '.join(f'[{t}]' for t in known)}")
@@ -117,6 +122,13 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
         ver = None
     if ver is not None and ("lengths" in ver or "passkey_min" in ver) and not ver.get("passkey"):
         raise _error(text, where, "verify", "lengths" if "lengths" in ver else "passkey_min", "[verify] lengths and passkey_min need passkey = true", "set passkey = true or drop them")
+    ev = dict(data["eval"]) if "eval" in data else None
+    if ev is not None and not ev.pop("enabled", True):
+        ev = None
+    if ev is not None:
+        ev["text"] = tuple([ev["text"]] if isinstance(ev.get("text", []), str) else ev.get("text", []))
+        if "passkey_trials" in ev and not ev.get("passkey"):
+            raise _error(text, where, "eval", "passkey_trials", "[eval] passkey_trials needs passkey = true", "set passkey = true or drop it")
     if "push" in data and "repo" not in data["push"]:
         raise _error(text, where, "push", None, "[push] needs repo", 'add repo = "name" (your namespace) or "org/name"')
     if "max_shard_size" in data.get("hf", {}):
@@ -142,6 +154,7 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
         from_flat(VerifyJob, ver) if ver is not None else None,
         dict(data["hf"]) if "hf" in data else None,
         dict(data["push"]) if "push" in data else None,
+        from_flat(EvalJob, ev) if ev is not None else None,
     )
 
 
@@ -223,7 +236,32 @@ def as_dict(recipe: Recipe) -> dict[str, Any]:
         out["gguf"] = given(recipe.gguf)
     if recipe.verify is not None:
         out["verify"] = given(recipe.verify)
+    if recipe.eval is not None:
+        out["eval"] = given(recipe.eval)
     for table in ("hf", "push"):
         if getattr(recipe, table) is not None:
             out[table] = getattr(recipe, table)
     return out
+
+
+def recipe_steps(r: Recipe, model: str, out: str, pushing: bool) -> list[str]:
+    """The steps ``run`` takes for this recipe, in words (its dry run prints them)."""
+    hf = f", then written as {r.hf.get('dtype', 'the same dtype')}" + (f" in shards of {r.hf['max_shard_size']}" if r.hf.get("max_shard_size") else "") if r.hf else ""
+    steps = [f"extend {model} -> {out} ({', '.join(f'{k} {v}' for k, v in given_settings(r.extend).items())}){hf}"]
+    if r.gguf is not None:
+        steps.append(f"export GGUF {r.gguf.outtype} -> {out}-GGUF/")
+    if r.verify is not None:
+        steps.append("verify each output right after writing it" + (", then passkey retrieval beside the source" if r.verify.passkey else ""))
+    if r.eval is not None:
+        methods = r.eval.methods if r.eval.methods is not None else "linear,dynamic,yarn"
+        steps.append(f"eval {out}: perplexity at {r.eval.lengths or 'the default lengths'} for it and its base" + (f", and {methods} at the same factor" if methods else "") + (", with passkey retrieval" if r.eval.passkey else ""))
+    steps.append(f"save the recipe as {out}/yarnconv-recipe.toml, and a model card (README.md) in each output folder")
+    if r.push is not None:
+        where = f"{r.push['repo']}" + (" (private)" if r.push.get("private") else "")
+        steps.append(("" if pushing else "with --push: ") + f"push {out} -> {where}" + (f", {out}-GGUF -> {r.push['repo']}-GGUF" if r.gguf is not None else ""))
+    return steps
+
+
+def given_settings(request: Any) -> dict[str, Any]:
+    return {name: getattr(request, name) for name in given_names(request)}
+

@@ -132,9 +132,10 @@ def tokenize(path: str | os.PathLike[str], text: str) -> list[int]:
 
 
 class Sequence:
-    """One sequence decoded incrementally (passkey answers): ``feed`` returns the last token's logits."""
+    """One sequence decoded incrementally (passkey answers): ``feed`` returns the last token's logits.
+    ``rope``: llama_context_params fields that replace the file's rope (llama.cpp's --rope-* flags)."""
 
-    def __init__(self, path: str | os.PathLike[str], n_ctx: int, *, batch: int = 512) -> None:
+    def __init__(self, path: str | os.PathLike[str], n_ctx: int, *, batch: int = 512, rope: dict[str, Any] | None = None) -> None:
         lib = self.lib = _lib()
         mp = lib.llama_model_default_params()
         mp.n_gpu_layers = 0
@@ -144,6 +145,8 @@ class Sequence:
         cp = lib.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, batch, batch
         cp.n_threads = cp.n_threads_batch = os.cpu_count() or 2
+        for key, value in (rope or {}).items():
+            setattr(cp, key, value)
         self.ctx = lib.llama_init_from_model(self.model, cp)
         if not self.ctx:
             lib.llama_model_free(self.model)

@@ -146,11 +146,11 @@ class TransformersEngine(Engine):
 
 
 class LlamaCppEngine(Engine):
-    def __init__(self, path: Path, n_ctx: int) -> None:
+    def __init__(self, path: Path, n_ctx: int, rope: dict[str, Any] | None = None) -> None:
         from yarnconv.verify.llama_cpp import Sequence
 
         self.name = "llama.cpp"
-        self.seq = Sequence(path, n_ctx)
+        self.seq = Sequence(path, n_ctx, rope=rope)
         self.vocab = self.seq.vocab
 
     def session(self) -> Step:
@@ -184,7 +184,7 @@ def run_passkey(
         for engine in engines.values():
             engine.close()
     report = {"engine": any_engine.name, "filler": filler, "depths": list(DEPTHS), "rows": rows, "per_length": per_length}
-    extended = [r for r in per_length if r["model"] == "extended"]
+    extended = [r for r in per_length if r["model"] == "extended"] or per_length
     measured = {"min_accuracy": min(r["accuracy"] for r in extended), **{f"accuracy_{r['length']}": r["accuracy"] for r in extended}}
     if minimum is None:
         return report, Check("passkey retrieval (informational)", "info", measured, reason="pass --passkey-min to gate on it")

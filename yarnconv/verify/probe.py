@@ -95,7 +95,7 @@ def hf_tokenizer(root: Path) -> Tokenize | None:
         tok = AutoTokenizer.from_pretrained(root)
     except Exception as exc:  # noqa: BLE001 - any failure of a third-party loader is the input's problem here
         raise YarnconvError(f"the tokenizer in {root} fails to load ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", "fix or remove its tokenizer files, or verify with seeded ids (--seeded)") from None
-    return lambda text: list(tok(text)["input_ids"])
+    return lambda text: list(tok(text, verbose=False)["input_ids"])  # verbose: no warning about text past the model's length
 
 
 def gguf_tokenizer(path: Path) -> Tokenize | None:

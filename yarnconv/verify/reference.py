@@ -156,7 +156,7 @@ class ReferenceModel:
         tokens: list[int],
         positions: list[int] | None = None,
         *,
-        keep: int = 0,
+        keep: int | Sequence[int] = 0,
         spec: rope.RopeSpec | None = None,
         alone: Sequence[int] = (),
         round_to: torch.dtype | None = None,
@@ -165,7 +165,8 @@ class ReferenceModel:
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
         """[T, vocab] float32 logits for ``tokens`` at ``positions`` (default 0..T-1); with ``keep``,
-        only the last ``keep`` rows (long sequences: the output projection dominates memory);
+        only the last ``keep`` rows, or the rows at those indices (long sequences: the output projection
+        dominates memory);
         ``spec`` runs another rope on the same weights for this call (the plan, plain RoPE);
         ``alone``: token indices that attend only to themselves; ``round_to`` (bfloat16, float16)
         rounds every activation a runtime stores in that type, while computing in float32: the
@@ -188,7 +189,7 @@ class ReferenceModel:
         x = r(w.rows("model.embed_tokens.weight", ids)).to(dtype)
         for i in range(s.layers):
             x = self._layer(i, x, cos, sin, pos, alone)
-        x = r(rms_norm(x[-keep:] if keep else x, w.get("model.norm.weight"), s.eps))
+        x = r(rms_norm(_kept(x, keep), w.get("model.norm.weight"), s.eps))
         head = "lm_head.weight" if "lm_head.weight" in w and not s.tied else "model.embed_tokens.weight"
         out = torch.empty(len(x), w.shape(head)[0], dtype=dtype)
         start, x = 0, self._input(x, head)
@@ -223,6 +224,12 @@ class ReferenceModel:
 
     def _input(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return ggml_input(x, self.weights.activation_format(name)) if self._inputs else x
+
+
+def _kept(x: torch.Tensor, keep: int | Sequence[int]) -> torch.Tensor:
+    if isinstance(keep, int):
+        return x[-keep:] if keep else x
+    return x[torch.tensor(list(keep), dtype=torch.long)]
 
 
 def ggml_input(x: torch.Tensor, fmt: str | None) -> torch.Tensor:
