@@ -8,7 +8,6 @@ so a 32k-token forward never holds a [32k, vocab] logit matrix.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -86,49 +85,30 @@ class LlamaCppScorer(Scorer):
 
     name = "llama.cpp"
 
-    def __init__(self, path: Path, n_ctx: int, rope: dict[str, Any] | None = None, *, batch: int = 512) -> None:
-        from yarnconv.verify.llama_cpp import _lib
+    def __init__(self, path: Path, n_ctx: int, rope: dict[str, Any] | None = None) -> None:
+        from yarnconv.verify.llama_cpp import Sequence
 
-        lib = self.lib = _lib()
-        mp = lib.llama_model_default_params()
-        mp.n_gpu_layers = 0
-        self.model = lib.llama_model_load_from_file(str(path).encode(), mp)
-        if not self.model:
-            raise YarnconvError(f"llama.cpp could not load {path.name}", "run `yarnconv inspect` on it")
-        cp = lib.llama_context_default_params()
-        cp.n_ctx, cp.n_batch, cp.n_ubatch, cp.n_seq_max = -(-n_ctx // 256) * 256, batch, batch, 1
-        cp.type_k = cp.type_v = lib.GGML_TYPE_F32
-        cp.flash_attn_type = 0
-        cp.n_threads = cp.n_threads_batch = os.cpu_count() or 2
-        for key, value in (rope or {}).items():
-            setattr(cp, key, value)
-        self.ctx = lib.llama_init_from_model(self.model, cp)
-        if not self.ctx:
-            lib.llama_model_free(self.model)
-            raise YarnconvError(f"llama.cpp could not create a {n_ctx}-token context for {path.name}", "is there memory for its float32 KV cache? use shorter --lengths")
-        self.vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model))
-        self.batch, self.size = lib.llama_batch_init(batch, 0, 1), batch
+        self.seq = Sequence(path, -(-n_ctx // 256) * 256, rope=rope, exact=True)
 
     def nll(self, tokens: list[int], targets: list[int]) -> np.ndarray:
         import torch
 
-        lib, b = self.lib, self.batch
-        lib.llama_memory_clear(lib.llama_get_memory(self.ctx), True)
+        seq = self.seq
+        lib, b = seq.lib, seq.batch
+        seq.reset()
         wanted, rows = {t - 1 for t in targets}, {}
-        for start in range(0, len(tokens), self.size):
-            chunk = tokens[start : start + self.size]
+        for start in range(0, len(tokens), seq.size):
+            chunk = tokens[start : start + seq.size]
             b.n_tokens = len(chunk)
             for i, t in enumerate(chunk):
                 b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = t, start + i, 1, int(start + i in wanted)
                 b.seq_id[i][0] = 0
-            if lib.llama_decode(self.ctx, b) != 0:
+            if lib.llama_decode(seq.ctx, b) != 0:
                 raise YarnconvError(f"llama.cpp could not decode positions {start}..{start + len(chunk) - 1}", "use shorter --lengths")
             for i in range(len(chunk)):
                 if start + i in wanted:
-                    rows[start + i] = np.ctypeslib.as_array(lib.llama_get_logits_ith(self.ctx, i), shape=(self.vocab,)).copy()
+                    rows[start + i] = np.ctypeslib.as_array(lib.llama_get_logits_ith(seq.ctx, i), shape=(seq.vocab,)).copy()
         return _nll(torch.from_numpy(np.stack([rows[t - 1] for t in targets])), tokens, targets)
 
     def close(self) -> None:
-        self.lib.llama_batch_free(self.batch)
-        self.lib.llama_free(self.ctx)
-        self.lib.llama_model_free(self.model)
+        self.seq.close()

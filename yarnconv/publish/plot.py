@@ -78,12 +78,7 @@ def rope_figure(block: dict[str, Any], head_dim: int, path: Path, by_position: d
         ax.set_xlabel("probe position (near half | far half)")
         ax.set_title("verify: the runtime against the reference, by position")
         ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def eval_figure(report: dict[str, Any], path: Path) -> Path:
@@ -125,12 +120,7 @@ def eval_figure(report: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("prompt length (tokens)")
         ax.set_ylabel("passkey accuracy (95% CI)")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save(fig, path)
 
 
 def _context_lines(ax: Any, report: dict[str, Any]) -> None:
@@ -138,3 +128,15 @@ def _context_lines(ax: Any, report: dict[str, Any]) -> None:
         ax.axvline(report["original_context"], color="black", lw=1, ls="--", label=f"original context {report['original_context']}")
     if report.get("context"):
         ax.axvline(report["context"], color="grey", lw=1, ls=":", label=f"new context {report['context']}")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """The PNG written whole: a temporary name beside it, renamed at the end."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

@@ -133,9 +133,10 @@ def tokenize(path: str | os.PathLike[str], text: str) -> list[int]:
 
 class Sequence:
     """One sequence decoded incrementally (passkey answers): ``feed`` returns the last token's logits.
-    ``rope``: llama_context_params fields that replace the file's rope (llama.cpp's --rope-* flags)."""
+    ``rope``: llama_context_params fields that replace the file's rope (llama.cpp's --rope-* flags);
+    ``exact``: a float32 KV cache and flash attention off (its CPU kernel rounds through f16), as verify runs it."""
 
-    def __init__(self, path: str | os.PathLike[str], n_ctx: int, *, batch: int = 512, rope: dict[str, Any] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], n_ctx: int, *, batch: int = 512, rope: dict[str, Any] | None = None, exact: bool = False) -> None:
         lib = self.lib = _lib()
         mp = lib.llama_model_default_params()
         mp.n_gpu_layers = 0
@@ -145,12 +146,15 @@ class Sequence:
         cp = lib.llama_context_default_params()
         cp.n_ctx, cp.n_batch, cp.n_ubatch = n_ctx, batch, batch
         cp.n_threads = cp.n_threads_batch = os.cpu_count() or 2
+        if exact:
+            cp.type_k = cp.type_v = lib.GGML_TYPE_F32
+            cp.flash_attn_type = 0
         for key, value in (rope or {}).items():
             setattr(cp, key, value)
         self.ctx = lib.llama_init_from_model(self.model, cp)
         if not self.ctx:
             lib.llama_model_free(self.model)
-            raise YarnconvError(f"llama.cpp could not create a {n_ctx}-token context for {Path(path).name}", "use shorter --lengths")
+            raise YarnconvError(f"llama.cpp could not create a {n_ctx}-token context for {Path(path).name}", "is there memory for its KV cache? use shorter --lengths")
         self.vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model))
         self.batch, self.size, self.pos = lib.llama_batch_init(batch, 0, 1), batch, 0
 
