@@ -111,6 +111,12 @@ def test_perplexity_matches_a_hand_computation_for_every_row(tiny: dict[str, Pat
     for label, d in configs.items():
         for i, length in enumerate(r["lengths"]):
             assert rows[label]["ppl"][i] == pytest.approx(by_hand(d, ids, length), rel=2e-5), (label, length)
+    # against the base on the same tokens: exp(mean NLL difference) = the ratio of the two perplexities
+    for label in ("extended", "linear", "dynamic"):
+        for i, v in enumerate(rows[label]["vs_base"]):
+            assert v["ppl_ratio"] == pytest.approx(rows[label]["ppl"][i] / rows["base"]["ppl"][i], rel=1e-3)
+            assert v["ci95"][0] <= v["ppl_ratio"] <= v["ci95"][1]
+    assert rows["dynamic"]["vs_base"][0] == {"ppl_ratio": 1.0, "ci95": [1.0, 1.0]}  # the same rope at the original length
     # the rows differ from each other by far more than that (so a row built wrong would show)
     ppl = {label: rows[label]["ppl"][2] for label in configs}
     assert min(abs(a - b) / a for a in ppl.values() for b in ppl.values() if a != b) > 1e-3, ppl

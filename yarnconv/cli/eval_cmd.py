@@ -45,6 +45,12 @@ def _print(r: dict[str, Any]) -> None:
     click.echo("  perplexity")
     for row in rows:
         click.echo("  " + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))))
+    paired = [row for row in r["rows"] if row.get("vs_base")]
+    if paired:
+        click.echo("\n  against the base on the same tokens: perplexity ratio [95% paired CI]")
+        for row in paired:
+            cells = ["-" if v["ppl_ratio"] is None else f"{v['ppl_ratio']:.3f} [{v['ci95'][0]:.3f}-{v['ci95'][1]:.3f}]" for v in row["vs_base"]]
+            click.echo(f"  {row['label']:<{widths[0]}}  " + "  ".join(cells))
     click.echo("")
     for row in r["rows"]:
         note = f"  not run: {row['not_run']}" if row.get("not_run") else f"  ({row['seconds']:.0f} s)" if row.get("seconds") is not None else ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -119,3 +120,14 @@ class Tally:
         rng = np.random.default_rng(seed)
         means = np.array([values[rng.integers(0, len(values), len(values))].mean() for _ in range(resamples)])
         return math.exp(float(np.percentile(means, 2.5))), math.exp(float(np.percentile(means, 97.5)))
+
+    def against(self, other: Tally, length: int, *, seed: int = 0, resamples: int = 1000) -> dict[str, Any]:
+        """This row's perplexity over another's on the same scored tokens: exp(mean NLL difference), with a
+        95% paired bootstrap interval (the text's own difficulty cancels, so it is far narrower than
+        either row's own interval)."""
+        diff = np.asarray(self.nll[length], dtype=np.float64) - np.asarray(other.nll[length], dtype=np.float64)
+        if len(diff) < 2:
+            return {"ppl_ratio": None, "ci95": [None, None]}
+        rng = np.random.default_rng(seed)
+        means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(resamples)])
+        return {"ppl_ratio": round(math.exp(float(diff.mean())), 4), "ci95": [round(math.exp(float(np.percentile(means, q))), 4) for q in (2.5, 97.5)]}

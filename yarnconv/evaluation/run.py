@@ -76,8 +76,12 @@ def evaluate_model(
         tallies: dict[str, Tally] = {}
         out["rows"] = [_row(s, row, Path(scratch), tallies, progress) for row in s.rows]
         for r in out["rows"]:
+            if r["label"] in tallies and r["label"] != "base" and "base" in tallies:
+                r["vs_base"] = [tallies[r["label"]].against(tallies["base"], n) for n in s.protocol.lengths]
+        for r in out["rows"]:
             if r.get("same_as"):
-                r.update({k: next(x[k] for x in out["rows"] if x["label"] == r["same_as"]) for k in ("ppl", "ci95", "nll", "scored_tokens")})
+                twin = next(x for x in out["rows"] if x["label"] == r["same_as"])
+                r.update({k: twin[k] for k in ("ppl", "ci95", "nll", "scored_tokens", "vs_base") if k in twin})
         if passkey:
             out["passkey"] = _passkey(s, Path(scratch), passkey_trials, seed, progress)
     out["seconds"] = round(time.monotonic() - started, 1)
