@@ -71,7 +71,7 @@ def test_passkey_in_transformers_is_informational_unless_gated(tmp_path: Path, s
     # a random tiny model cannot retrieve a key: gated at 0.9 it fails, with the accuracy measured
     result = CliRunner().invoke(main, [*args[:-1], "--passkey-min", "0.9", "--json"])
     report = json.loads(result.stdout)
-    assert result.exit_code == 1 and report["checks"][-1]["status"] == "failed" and "min_accuracy" in report["checks"][-1]["reason"]
+    assert result.exit_code == 3 and report["checks"][-1]["status"] == "failed" and "min_accuracy" in report["checks"][-1]["reason"]
     refused = CliRunner().invoke(main, ["verify", str(ext), "--passkey-min", "0.5"])
     assert refused.exit_code == 2 and "--passkey-min does not apply to a run without --passkey" in refused.stderr
 

@@ -93,6 +93,13 @@ def test_bad_recipes_are_one_line_naming_the_line(tmp_path: Path, text: str, lin
     assert code == 1 and "smollm2-135m-32k" in err  # the error lists the shipped names
 
 
+def test_an_unknown_top_level_key_names_its_line(tmp_path: Path) -> None:
+    recipe = tmp_path / "top.toml"
+    recipe.write_text('[recipe]\nname = "x"\n'.replace("[recipe]", "frobnicate_level = 3\n[recipe]") + '[source]\nmodel = "x"\n[extend]\nscale = 4.0\n')
+    code, _, err = run(str(recipe), "--dry-run")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "top.toml:1: unknown key 'frobnicate_level' outside any table" in err, err
+
+
 def test_smollm2_recipe_runs_end_to_end(smollm2_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "smollm2-32k"
     code, stdout, err = run("smollm2-135m-32k", "--model", str(smollm2_dir), "-o", str(out), "--json", "-q")

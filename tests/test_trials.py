@@ -247,3 +247,18 @@ def test_in_place_edit_killed_midway_is_restored_by_the_next_run(tmp_path: Path,
     assert read_header(gguf).get("llama.rope.scaling.type") == "yarn"
     assert gguf.read_bytes()[header_len:] == good[header_len:]
     assert not _backup_path(gguf).exists()
+
+
+def test_click_usage_errors_are_one_line_with_exit_2(tmp_path: Path) -> None:
+    """Click's own parsing errors (unknown option or command, missing argument, bad choice) are one line
+    naming the help to read, exit 2; a failed check is 3 and bad input 1 (docs: README, errors.py)."""
+    for args, message in [
+        (["extend", "--bogus", "x"], "No such option '--bogus'"),
+        (["extend"], "Missing argument 'MODEL'"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["extend", "x", "--link", "sideways"], "'sideways' is not one of"),
+    ]:
+        line = one_error_line(yarnconv(*args), code=2)
+        assert message in line and "--help)" in line, line
+    assert "no such model directory" in one_error_line(yarnconv("inspect", tmp_path / "missing"), code=1)
+    assert yarnconv("--version").returncode == 0 and yarnconv("extend", "--help").returncode == 0

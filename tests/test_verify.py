@@ -113,7 +113,7 @@ BROKEN = {
 def test_verify_names_the_cause_of_a_broken_conversion(extended_llama: Path, tmp_path: Path, case: str) -> None:
     edit, check, cause = BROKEN[case]
     code, report = _verify(_broken(extended_llama, tmp_path, edit))
-    assert code == 1 and not report["ok"]
+    assert code == 3 and not report["ok"]
     failed = {c["name"]: c for c in report["checks"] if c["status"] == "failed"}
     assert check in failed and cause in failed[check]["reason"], failed
     assert any(name.startswith("transformers logits beyond") for name in failed)
@@ -151,7 +151,7 @@ def test_extend_verify_failure_exits_1_and_keeps_the_output(extended_llama: Path
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["extend", str(extended_llama.parent / "src"), "--scale", "4", "-o", str(out), "--verify", "-q"])
     lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert result.exit_code == 3 and len(lines) == 1, result.output
     assert "verification failed: transformers rope table" in lines[0] and f"the output is kept at {out}" in lines[0]
     assert (out / "config.json").is_file() and (out / "yarnconv-verify.json").is_file()
 
@@ -182,7 +182,7 @@ def test_gemma3_rope_tables_are_checked_per_layer_type(gemma3: Path, tmp_path: P
 
     code, report = _verify(_broken(gemma3, tmp_path, swap))
     failed = _failed_checks(report)
-    assert code == 1 and "the scaling sits on the wrong layer type" in failed["transformers rope table per layer type"]["reason"], failed
+    assert code == 3 and "the scaling sits on the wrong layer type" in failed["transformers rope table per layer type"]["reason"], failed
 
 
 def _failed_checks(report: dict) -> dict[str, dict]:
@@ -199,7 +199,7 @@ def test_half_precision_load_keeps_the_rope_gates(extended_llama: Path, tmp_path
     broken = _broken(extended_llama, tmp_path, lambda c: c.pop("rope_scaling"))
     result = CliRunner().invoke(main, ["verify", str(broken), "--dtype", "bfloat16", "--json"])
     failed = _failed_checks(json.loads(result.stdout))
-    assert result.exit_code == 1 and "ignores the rope block" in failed["transformers applies the planned scaling"]["reason"], failed
+    assert result.exit_code == 3 and "ignores the rope block" in failed["transformers applies the planned scaling"]["reason"], failed
     auto = json.loads(CliRunner().invoke(main, ["verify", str(extended_llama), "--json"]).stdout)
     assert auto["transformers_dtype"] == "float32"  # a tiny model always fits
 
@@ -245,4 +245,4 @@ def test_a_model_too_large_for_memory_gets_its_rope_tables_checked_without_weigh
     assert "--dtype" in report["drift"]["skipped"] and "by_position" not in report
     edit, check, cause = BROKEN["wrong original length"]
     code, report = _verify(_broken(extended_llama, tmp_path, edit))
-    assert code == 1 and cause in str(_failed_checks(report)[check]), report
+    assert code == 3 and cause in str(_failed_checks(report)[check]), report

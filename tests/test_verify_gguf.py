@@ -80,7 +80,7 @@ def test_gguf_without_yarn_keys_fails_with_the_cause(exported: dict, tmp_path: P
     run_cli("export", str(src), "--gguf", "--outtype", "f32", "-o", str(plain), "-q")
     code, report = verify(str(plain), "--base", str(ext))
     failed = _failed(report)
-    assert code == 1 and not report["ok"]
+    assert code == 3 and not report["ok"]
     assert "no YaRN keys" in failed["llama.cpp rope from the GGUF keys"]["reason"]
     assert "context_length is 256" in failed["GGUF context_length"]["reason"]
     assert "ignores the rope block" in failed["llama.cpp applies the planned scaling"]["reason"]
@@ -93,7 +93,7 @@ def test_gguf_with_the_wrong_context_fails_with_the_cause(exported: dict, tmp_pa
     for extra in ([], ["--base", str(ext)]):
         code, report = verify(str(broken), *extra)
         failed = _failed(report)
-        assert code == 1 and list(failed) == ["GGUF context_length"], failed
+        assert code == 3 and list(failed) == ["GGUF context_length"], failed
         assert "context_length is 256, the planned context is 1024" in failed["GGUF context_length"]["reason"]
 
 
@@ -109,7 +109,7 @@ def test_quantized_gguf_against_its_base_runs_its_own_weights_with_the_base_plan
     _set_key(q4, "llama.rope.scaling.original_context_length", 128)
     code, report = verify(str(q4), "--base", str(ext))
     failed = _failed(report)
-    assert code == 1 and "original length is 128" in failed["llama.cpp rope from the GGUF keys"]["reason"]
+    assert code == 3 and "original length is 128" in failed["llama.cpp rope from the GGUF keys"]["reason"]
     assert "llama.cpp logits beyond the original 256" in failed
 
 
@@ -119,7 +119,7 @@ def test_gguf_with_the_wrong_original_length_fails(exported: dict, tmp_path: Pat
     _set_key(broken, "llama.rope.scaling.original_context_length", 128)
     code, report = verify(str(broken), "--base", str(ext))
     failed = _failed(report)
-    assert code == 1 and "original length is 128" in failed["llama.cpp rope from the GGUF keys"]["reason"]
+    assert code == 3 and "original length is 128" in failed["llama.cpp rope from the GGUF keys"]["reason"]
     assert "llama.cpp logits beyond the original 256" in failed
 
 
@@ -137,7 +137,7 @@ def test_gguf_with_unpermuted_qk_fails_with_the_cause(exported: dict, tmp_path: 
     del reader
     code, report = verify(str(broken), "--base", str(ext))
     failed = _failed(report)
-    assert code == 1 and "permute was skipped" in failed["GGUF Q/K row layout"]["reason"]
+    assert code == 3 and "permute was skipped" in failed["GGUF Q/K row layout"]["reason"]
     assert "llama.cpp logits below the original 256" in failed
 
 
@@ -243,5 +243,5 @@ def test_export_and_patch_verify_run_llama_cpp_right_after_writing(exported: dic
     out = tmp_path / "f.gguf"
     result = CliRunner().invoke(main, ["export", str(ext), "--gguf", "--outtype", "f32", "-o", str(out), "--verify", "-q"])
     lines = result.stderr.strip().splitlines()
-    assert result.exit_code == 1 and len(lines) == 1 and "verification failed: llama.cpp rope from the GGUF keys" in lines[0], result.output
+    assert result.exit_code == 3 and len(lines) == 1 and "verification failed: llama.cpp rope from the GGUF keys" in lines[0], result.output
     assert f"the output is kept at {out}" in lines[0] and out.is_file()

@@ -2,7 +2,8 @@
 
 Commands live one per module (``*_cmd.py``); each parses, calls one entry of
 :mod:`yarnconv.api` and prints. Results go to stdout (``--json`` for machines); errors are one
-line on stderr, exit 1 for bad input, 2 for usage errors, 143 on SIGTERM.
+line on stderr (Click's own usage errors included), with the exit codes :mod:`yarnconv.errors` lists:
+1 bad input or environment, 2 usage, 3 a requested check failed, 143 SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import click
 
 from yarnconv import __version__
-from yarnconv.errors import UsageError, YarnconvError
+from yarnconv.errors import EXIT_CHECK_FAILED, EXIT_USAGE, CheckFailed, UsageError, YarnconvError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -72,11 +73,30 @@ class _Group(click.Group):
         module = importlib.import_module(f"yarnconv.cli.{COMMANDS[cmd_name]}")
         return getattr(module, cmd_name, None) or getattr(module, f"{cmd_name}_")  # type: ignore[no-any-return]
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Click's usage errors as one line naming the problem and where the help is (Click prints four)."""
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            where = f"{exc.ctx.command_path} --help" if exc.ctx else "yarnconv --help"
+            click.echo(f"Error: {exc.format_message().rstrip('.')} (see {where})", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except UsageError as exc:
             raise click.UsageError(exc.one_line()) from None
+        except CheckFailed as exc:
+            click.echo(f"Error: {exc.one_line()}", err=True)
+            sys.exit(EXIT_CHECK_FAILED)
         except YarnconvError as exc:
             raise click.ClickException(exc.one_line()) from None
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):

@@ -12,6 +12,7 @@ from yarnconv.api import DemoJob
 from yarnconv.cli.inspect_cmd import print_inspect
 from yarnconv.cli.options import request_from, request_options
 from yarnconv.cli.output import print_record
+from yarnconv.errors import EXIT_CHECK_FAILED
 
 
 @click.command()
@@ -56,4 +57,4 @@ def demo(as_json: bool, **settings: Any) -> None:
         if result.ok:
             click.echo("OK: transformers and llama.cpp read the extended model exactly as planned")
     if not result.ok:
-        sys.exit(1)
+        sys.exit(EXIT_CHECK_FAILED)

@@ -10,6 +10,7 @@ import click
 from yarnconv.api import VerifyJob
 from yarnconv.cli.options import request_from, request_options
 from yarnconv.cli.output import emit
+from yarnconv.errors import EXIT_CHECK_FAILED
 
 SHOWN = ("inv_freq_max_rel_diff", "attention_factor_diff", "magnitude_diff", "max_model_len", "kl_max", "kl_mean", "max_abs_dlogprob", "top1_agreement", "kl_mean_to_plan", "kl_mean_to_plain_rope", "mean_abs_dlogprob_to_plan", "mean_abs_dlogprob_to_plain_rope")
 
@@ -20,7 +21,7 @@ SHOWN = ("inv_freq_max_rel_diff", "attention_factor_diff", "magnitude_diff", "ma
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(model: str, as_json: bool, **settings: Any) -> None:
     """Prove that MODEL runs as planned: an HF checkpoint in transformers (or vLLM with --engine vllm),
-    a GGUF file in llama.cpp, each against yarnconv's reference forward (exit 1 if a check fails).
+    a GGUF file in llama.cpp, each against yarnconv's reference forward (exit 3 if a check fails).
 
     \b
     Examples:
@@ -35,7 +36,7 @@ def verify(model: str, as_json: bool, **settings: Any) -> None:
     result = api.verify(model, request_from(VerifyJob, settings), progress=not as_json)
     emit(result.to_dict(), as_json, _print)
     if not result.ok:
-        sys.exit(1)
+        sys.exit(EXIT_CHECK_FAILED)
 
 
 def _print(r: dict[str, Any]) -> None:

@@ -96,6 +96,8 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
     known["push"] = {"repo": str, "private": bool}
     known["eval"] = {**_field_types(EvalJob, skip=EVAL_SKIP), "text": (str, list), "enabled": bool}
     for table, values in data.items():
+        if table not in known and not isinstance(values, dict):
+            raise _error(text, where, None, table, f"unknown key {table!r} outside any table", f"keys belong in tables: {', '.join(f'[{t}]' for t in known)}")
         if table not in known:
             raise _error(text, where, table, None, f"unknown table [{table}]", f"tables are {', '.join(f'[{t}]' for t in known)}")
         if not isinstance(values, dict):
@@ -215,7 +217,7 @@ def _line(text: str, table: str | None, key: str | None) -> int | None:
             continue
         if key is not None and current == table and re.match(rf"\s*{re.escape(key)}\s*=", line):
             return n
-        if table is None and key is not None and re.match(rf"\s*{re.escape(key)}\s*=", line):
+        if table is None and current is None and key is not None and re.match(rf"\s*{re.escape(key)}\s*=", line):
             return n
     return None
 
