@@ -49,3 +49,31 @@ def test_an_overridden_refusal_is_in_the_dry_run_the_record_and_the_card(tmp_pat
     assert record["overrides"] == ["the model already uses 'llama3' RoPE scaling, a different method from yarn (--replace-scaling)"]
     card = (tmp_path / "out" / "README.md").read_text()
     assert "## Refusals overridden" in card and "(--replace-scaling)" in card
+
+
+def test_base_model_given_detected_from_the_hub_cache_and_set_at_push(tmp_path: Path, smollm2_dir: Path) -> None:
+    """A local copy of a Hub model names nothing; --base-model says which model it is; a Hub cache path
+    (models--ORG--NAME/snapshots/REV) says it by itself; push --base-model fixes an output afterwards."""
+    import shutil
+
+    copy = tmp_path / "my-copy"
+    shutil.copytree(smollm2_dir, copy, ignore=shutil.ignore_patterns("SOURCE.json"))
+    run_cli("extend", str(copy), "--scale", "4", "-o", str(tmp_path / "plain"), "-q")
+    assert ModelCard.load(tmp_path / "plain" / "README.md").data.base_model is None
+    out = tmp_path / "named"
+    run_cli("extend", str(copy), "--scale", "4", "-o", str(out), "--base-model", "HuggingFaceTB/SmolLM2-135M-Instruct", "-q")
+    assert json.loads((out / "yarnconv.json").read_text())["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert ModelCard.load(out / "README.md").data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+    cached = write_checkpoint(tmp_path / "hub" / "models--SomeOrg--Tiny-Llama" / "snapshots" / "0123abc", tiny_config("llama"))
+    run_cli("extend", str(cached), "--scale", "2", "-o", str(tmp_path / "from-cache"), "-q")
+    assert ModelCard.load(tmp_path / "from-cache" / "README.md").data.base_model == "SomeOrg/Tiny-Llama"
+
+    refused = CliRunner().invoke(main, ["extend", str(copy), "--scale", "4", "-o", str(tmp_path / "bad"), "--base-model", "not a repo"])
+    assert refused.exit_code == 1 and "is not a Hub id" in refused.stderr and not (tmp_path / "bad").exists()
+
+    plain = tmp_path / "plain"
+    shown = CliRunner().invoke(main, ["push", str(plain), "me/x", "--dry-run", "--json", "--base-model", "HuggingFaceTB/SmolLM2-135M-Instruct"])
+    assert shown.exit_code == 0, shown.output
+    assert ModelCard(json.loads(shown.stdout)["card"]).data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert json.loads((plain / "yarnconv.json").read_text())["base_model"] is None  # a dry run writes nothing

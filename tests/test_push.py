@@ -76,6 +76,15 @@ def test_push_creates_the_repo_and_commits_only_yarnconvs_files_with_the_card(hu
     _no_token_anywhere(result, extended)
 
 
+def test_base_model_set_at_push_goes_into_the_record_and_the_uploaded_card(hub, extended: Path) -> None:  # type: ignore[no-untyped-def]
+    state, env = hub
+    result = yarnconv(env, "push", str(extended), "me/tiny-named", "--base-model", "SomeOrg/Tiny-Llama", "--json")
+    assert result.returncode == 0, result.stderr
+    assert ModelCard(state.repos["me/tiny-named"].branches["main"]["README.md"].decode()).data.base_model == "SomeOrg/Tiny-Llama"
+    assert json.loads((extended / "yarnconv.json").read_text())["base_model"] == "SomeOrg/Tiny-Llama"
+    assert state.repos["me/tiny-named"].branches["main"]["yarnconv.json"] == (extended / "yarnconv.json").read_bytes()
+
+
 def test_dry_run_lists_files_and_card_and_sends_nothing(hub, extended: Path) -> None:  # type: ignore[no-untyped-def]
     state, env = hub
     before = (extended / "README.md").read_text()

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from yarnconv.errors import UsageError, YarnconvError
+from yarnconv.errors import CheckFailed, UsageError, YarnconvError
 from yarnconv.jobs import (
     GGUF_SETTINGS,
     DemoJob,
@@ -68,7 +68,7 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
     """``yarnconv extend``: an extended copy of ``model`` (HF directory, Hub id, builtin:NAME or .gguf file)."""
     route = extend_route(model, job)
     if route == "patch":
-        reject(job, ["gguf", *GGUF_SETTINGS, "schema", "precompute_inv_freq", "revision"], "patching a GGUF file (its tensors are kept as they are)")
+        reject(job, ["gguf", *GGUF_SETTINGS, "schema", "precompute_inv_freq", "revision", "base_model"], "patching a GGUF file (its tensors are kept as they are)")
         if job.dry_run:
             reject(job, ["verify"], "a dry run (nothing is written to verify)")
         from yarnconv.gguf.patch import patch
@@ -78,7 +78,7 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
         )
         return _verified(Result("extend", route, record), record.get("output") or model, None, job.verify)
     if route == "gguf":
-        reject(job, ["in_place", "schema", "precompute_inv_freq", "link"], "extend --gguf (it writes one GGUF file)")
+        reject(job, ["in_place", "schema", "precompute_inv_freq", "link", "base_model"], "extend --gguf (it writes one GGUF file)")
         if job.dry_run:
             reject(job, ["verify"], "a dry run (nothing is written to verify)")
     else:
@@ -122,6 +122,7 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
         precompute_inv_freq=job.precompute_inv_freq,
         revision=job.revision,
         progress=progress,
+        base_model=job.base_model,
     )
     return _carded(_verified(Result("extend", route, record), job.output, None, job.verify), job.output)
 
@@ -153,7 +154,7 @@ def _verified(result: Result, target: Any, base: Any, wanted: bool) -> Result:
     result.details["verify"] = checked
     if not checked.ok:
         failed = next(c for c in checked.details["checks"] if c.status == "failed")
-        raise YarnconvError(
+        raise CheckFailed(
             f"verification failed: {failed.name}: {failed.reason}; the output is kept at {target}",
             f"read {checked.record['saved']} for every check",
         )
@@ -253,7 +254,7 @@ def push(folder: str | os.PathLike[str], repo_id: str, job: PushJob = PushJob(),
     from yarnconv.publish.hub import push as publish
 
     patterns = {k: [p.strip() for p in (getattr(job, k) or "").split(",") if p.strip()] or None for k in ("include", "exclude")}
-    record = publish(folder, repo_id, private=job.private, revision=job.revision, create_pr=job.create_pr, commit_message=job.commit_message, dry_run=job.dry_run, progress=progress, **patterns)
+    record = publish(folder, repo_id, base_model=job.base_model, private=job.private, revision=job.revision, create_pr=job.create_pr, commit_message=job.commit_message, dry_run=job.dry_run, progress=progress, **patterns)
     return Result("push", "dry-run" if job.dry_run else "hub", record)
 
 
@@ -359,7 +360,7 @@ def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: boo
     out = Path(job.output)
     gguf_dir = out.parent / f"{out.name}-GGUF"
     checks = r.verify is not None
-    ext_job = ExtendJob(output=str(out), rope=rope, force=job.force, link=r.link, precompute_inv_freq=r.precompute_inv_freq, revision=revision, verify=checks and r.hf is None)
+    ext_job = ExtendJob(output=str(out), rope=rope, force=job.force, link=r.link, precompute_inv_freq=r.precompute_inv_freq, revision=revision, verify=checks and r.hf is None, base_model=job.base_model)
     if r.hf is None:
         record["extend"] = extend(model, ext_job, progress=progress).record
     else:  # extend beside the output, then write the checkpoint in the recipe's dtype and shards

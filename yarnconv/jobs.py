@@ -74,8 +74,9 @@ class ExtendJob:
     )
     precompute_inv_freq: bool = option(False, "Also write yarnconv_rope.safetensors with the final inverse frequencies.")
     revision: str | None = option(help="Hub revision, when MODEL is a Hub id.")
+    base_model: str | None = option(help="The Hub id of the model being extended (ORG/NAME), for the card's base_model and yarnconv.json; default: detected from a Hub id input, a Hub cache path (models--ORG--NAME/snapshots/...) or SOURCE.json.")
     dry_run: bool = option(False, "Show the plan and the new rope config; write nothing.")
-    verify: bool = option(False, "Run verify's checks on the output right after writing it (transformers for HF, llama.cpp for GGUF); a failure exits 1 and keeps the output.")
+    verify: bool = option(False, "Run verify's checks on the output right after writing it (transformers for HF, llama.cpp for GGUF); a failure exits 3 and keeps the output.")
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class ExportJob:
     dry_run: bool = option(False, "Show what would be written; write nothing.")
     verify: bool = option(
         False,
-        "Run verify's checks on each GGUF in llama.cpp right after writing it (MODEL as --base), and report each quantized type's KL against the float file; a failure exits 1 and keeps the output.",
+        "Run verify's checks on each GGUF in llama.cpp right after writing it (MODEL as --base), and report each quantized type's KL against the float file; a failure exits 3 and keeps the output.",
     )
 
 
@@ -182,6 +183,7 @@ class RunJob:
     force: bool = option(False, "Replace existing outputs.")
     dry_run: bool = option(False, "Validate the recipe, show the plan and the steps; write nothing.")
     push: bool = option(False, "Then push the checkpoint to the recipe's [push] repo and the GGUF folder to REPO-GGUF.")
+    base_model: str | None = option(help="The Hub id of the model being extended (ORG/NAME), for the card's base_model and yarnconv.json; default: detected from a Hub id input, a Hub cache path (models--ORG--NAME/snapshots/...) or SOURCE.json.")
 
 
 @dataclass(frozen=True)
@@ -195,3 +197,4 @@ class PushJob:
     include: str | None = option(help="Only files matching these comma-separated patterns, e.g. '*.gguf,README.md'.")
     exclude: str | None = option(help="Leave out files matching these comma-separated patterns.")
     dry_run: bool = option(False, "List the files with their sizes and print the card; upload nothing.")
+    base_model: str | None = option(help="The Hub id (ORG/NAME) the folder's model was extended from, written into its yarnconv.json and card before the upload (when extend could not tell).")

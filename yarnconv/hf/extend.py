@@ -30,7 +30,7 @@ from yarnconv.storage.files import (
     write_json,
 )
 from yarnconv.storage.progress import progress_bar
-from yarnconv.storage.sources import resolve
+from yarnconv.storage.sources import hub_id_of, resolve
 from yarnconv.storage.weights import scan_weights
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
@@ -58,9 +58,12 @@ def extend(
     precompute_inv_freq: bool = False,
     revision: str | None = None,
     progress: bool = True,
+    base_model: str | None = None,
 ) -> dict[str, Any]:
-    """Write an extended copy of ``source`` to ``output`` and return the run record."""
+    """Write an extended copy of ``source`` to ``output`` and return the run record; ``base_model`` is the
+    source's Hub id for the card (default: detected, see :func:`yarnconv.storage.sources.hub_id_of`)."""
     src, raw, plan = plan_for(source, request, revision=revision)
+    hub_id = hub_id_of(src, base_model)
     out = Path(output)
     check_output_location(src.path, out, force=force)
     if precompute_inv_freq and plan.after.rope_type == "dynamic":
@@ -95,6 +98,7 @@ def extend(
             write_sidecar(tmp / SIDECAR, plan)
             files.append({"path": SIDECAR, "action": "written"})
         record = _record(src, raw, plan, request, files, link)
+        record["base_model"] = hub_id
         previous = src.path / RECORD
         if previous.is_file():
             record["previous"] = read_json(previous, RECORD)

@@ -36,7 +36,10 @@ STATIC_NOTE = (
 
 
 def base_model(record: dict[str, Any], root: Path) -> str | None:
-    """The Hub id the extended model came from, when yarnconv can tell."""
+    """The Hub id the extended model came from, when yarnconv can tell: what extend recorded (given with
+    --base-model or detected), else the source it names (records written before base_model existed)."""
+    if isinstance(record.get("base_model"), str):
+        return str(record["base_model"])
     src = record.get("source") or {}
     if src.get("kind") == "hub":
         return src.get("ref")
@@ -101,14 +104,15 @@ def front_matter(meta: dict[str, Any]) -> str:
     return "\n".join([*out, "---"])
 
 
-def build_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None, figure: bool = True) -> str:
+def build_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None, figure: bool = True, hub_id: str | None = None) -> str:
     """The card text for the checkpoint directory ``root`` (or, with ``gguf``, the folder of GGUF
-    files made from the checkpoint at ``record_dir``)."""
+    files made from the checkpoint at ``record_dir``); ``hub_id`` replaces the base_model the record
+    names (``push --base-model --dry-run`` shows the card it would write)."""
     home = record_dir or root
     if not (home / RECORD).is_file():
         raise YarnconvError(f"{home} has no {RECORD}: not a yarnconv output", "write the card for what yarnconv extend or run wrote")
     record = read_json(home / RECORD, RECORD)
-    base = base_model(record, home)
+    base = hub_id or base_model(record, home)
     meta: dict[str, Any] = {"tags": TAGS + (["gguf"] if gguf else []), "pipeline_tag": "text-generation", **_source_license(home, record)}
     if base:
         meta["base_model"] = base

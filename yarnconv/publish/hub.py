@@ -42,6 +42,19 @@ def publishable(folder: Path) -> tuple[list[str], list[str], Path | None]:
     return keep, [f for f in every if f not in keep], home
 
 
+def _set_base_model(home: Path | None, base_model: str, dry_run: bool) -> None:
+    """--base-model: checked as a Hub id, then recorded in the checkpoint's yarnconv.json (the card reads it)."""
+    from yarnconv.storage.files import write_json
+    from yarnconv.storage.sources import REPO_ID
+
+    if not REPO_ID.match(base_model) or base_model.startswith((".", "/")):
+        raise YarnconvError(f"--base-model {base_model!r} is not a Hub id", "write it as ORG/NAME, e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
+    if home is None:
+        raise YarnconvError("--base-model needs the checkpoint's yarnconv.json, and this folder has none beside it", "push the folder extend or run wrote")
+    if not dry_run:
+        write_json(home / RECORD, {**read_json(home / RECORD, RECORD), "base_model": base_model})
+
+
 def full_repo_id(repo: str, token: str | None = None) -> str:
     """``name`` in the token owner's namespace, or ``org/name`` as given."""
     if "/" in repo:
@@ -68,14 +81,18 @@ def push(
     dry_run: bool = False,
     token: str | None = None,
     progress: bool = True,
+    base_model: str | None = None,
 ) -> dict[str, Any]:
-    """Upload ``folder`` to ``repo_id`` (created if needed) in one commit; returns what was sent."""
+    """Upload ``folder`` to ``repo_id`` (created if needed) in one commit; returns what was sent.
+    ``base_model`` (ORG/NAME) is written into the record and the card first (not on a dry run)."""
     root = Path(folder)
     if not root.is_dir():
         raise YarnconvError(f"{folder} is not a directory", "push an output folder of extend, export --hf or run")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise YarnconvError(f"{repo_id!r} is not a Hub repo id", "write it as user/name, e.g. me/Qwen2.5-7B-Instruct-YaRN-128k")
     files, left_out, home = publishable(root)
+    if base_model is not None:
+        _set_base_model(home, base_model, dry_run)
     if include:
         files = [f for f in files if any(fnmatch.fnmatch(f, p) for p in include)]
     if exclude:
@@ -83,7 +100,7 @@ def push(
     gguf = not (root / RECORD).is_file()
     card_text = None
     if home is not None and (CARD in files or not (root / CARD).exists()) and not (exclude and any(fnmatch.fnmatch(CARD, p) for p in exclude)):
-        card_text = build_card(root, gguf=gguf, record_dir=home)  # refreshed; written only when pushing
+        card_text = build_card(root, gguf=gguf, record_dir=home, hub_id=base_model)  # refreshed; written only when pushing
         if CARD not in files and (include is None or any(fnmatch.fnmatch(CARD, p) for p in include)):
             files.append(CARD)
     if not files:

@@ -52,6 +52,25 @@ def resolve(ref: str | os.PathLike[str], revision: str | None = None) -> Source:
     raise YarnconvError(f"no such model directory: {text}", "pass a local folder with config.json or a Hub id like org/name")
 
 
+HUB_CACHE = re.compile(r"(?:^|/)models--([A-Za-z0-9][\w.-]*)--([\w.-]+)/snapshots/[^/]+/?$")
+
+
+def hub_id_of(src: Source, given: str | None = None) -> str | None:
+    """The Hub id of the model a source is (the card's ``base_model``): ``given`` (checked), else a Hub id
+    typed as the input, a Hub cache path (``models--ORG--NAME/snapshots/REV``), or its SOURCE.json."""
+    if given is not None:
+        if not REPO_ID.match(given) or given.startswith((".", "/")):
+            raise YarnconvError(f"--base-model {given!r} is not a Hub id", "write it as ORG/NAME, e.g. HuggingFaceTB/SmolLM2-135M-Instruct")
+        return given
+    if src.kind == "hub":
+        return src.ref
+    m = HUB_CACHE.search(src.path.resolve().as_posix())
+    if m:
+        return f"{m[1]}/{m[2]}"
+    found = _read_source(src.path) or {}
+    return found.get("hub_id") if isinstance(found.get("hub_id"), str) else None
+
+
 def _download(repo_id: str, revision: str | None) -> Path:
     """Fetch only the files a config edit needs, through the HF cache (honours HF_HUB_OFFLINE)."""
     from huggingface_hub import snapshot_download
