@@ -63,7 +63,9 @@ def test_base_model_given_detected_from_the_hub_cache_and_set_at_push(tmp_path: 
     out = tmp_path / "named"
     run_cli("extend", str(copy), "--scale", "4", "-o", str(out), "--base-model", "HuggingFaceTB/SmolLM2-135M-Instruct", "-q")
     assert json.loads((out / "yarnconv.json").read_text())["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert ModelCard.load(out / "README.md").data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "# named" in card.text and ".yarnconv-" not in card.text  # written in scratch, named as the output
 
     cached = write_checkpoint(tmp_path / "hub" / "models--SomeOrg--Tiny-Llama" / "snapshots" / "0123abc", tiny_config("llama"))
     run_cli("extend", str(cached), "--scale", "2", "-o", str(tmp_path / "from-cache"), "-q")
@@ -75,5 +77,25 @@ def test_base_model_given_detected_from_the_hub_cache_and_set_at_push(tmp_path: 
     plain = tmp_path / "plain"
     shown = CliRunner().invoke(main, ["push", str(plain), "me/x", "--dry-run", "--json", "--base-model", "HuggingFaceTB/SmolLM2-135M-Instruct"])
     assert shown.exit_code == 0, shown.output
-    assert ModelCard(json.loads(shown.stdout)["card"]).data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    shown_card = ModelCard(json.loads(shown.stdout)["card"])
+    assert shown_card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and "(yarnconv-rope.png)" in shown_card.text  # push draws the figure
     assert json.loads((plain / "yarnconv.json").read_text())["base_model"] is None  # a dry run writes nothing
+
+
+def test_a_card_that_cannot_be_written_leaves_no_output(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The card is written inside extend's atomic commit: when it fails, the command says why in one line
+    and no output appears. The failure is simulated at the card's boundary (a disk that fills exactly
+    there cannot be arranged), the way a full disk raises it."""
+    import errno
+
+    from yarnconv.publish import card
+
+    def full(*args: object, **kwargs: object) -> str:
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "README.md"))
+
+    monkeypatch.setattr(card, "build_card", full)
+    src = write_checkpoint(tmp_path / "src", tiny_config("llama"))
+    result = CliRunner().invoke(main, ["extend", str(src), "--scale", "2", "-o", str(tmp_path / "out"), "-q"])
+    lines = [x for x in result.stderr.splitlines() if x.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "no space left on device" in lines[0], result.output
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -85,7 +85,6 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
         reject(job, [*GGUF_SETTINGS, "in_place"], "an HF checkpoint output (add --gguf to write GGUF)")
     if job.output is None and not (route == "dry-run"):
         raise UsageError("no output given", "pass -o DIR (or -o FILE.gguf with --gguf)")
-    from yarnconv.hf.extend import extend as extend_hf
     from yarnconv.hf.extend import plan_for
 
     if route == "gguf":
@@ -113,28 +112,27 @@ def extend(model: str | os.PathLike[str], job: ExtendJob, *, progress: bool = Tr
         _, _, plan = plan_for(model, job.rope, revision=job.revision)
         record = {"dry_run": True, **plan.summary(), "config": plan.config}
         return Result("extend", route, record, details={"rope_block": plan.written_block()})
-    record = extend_hf(
-        model,
-        job.output,  # type: ignore[arg-type]
-        job.rope,
-        link=job.link or "auto",
-        force=job.force,
-        precompute_inv_freq=job.precompute_inv_freq,
-        revision=job.revision,
-        progress=progress,
-        base_model=job.base_model,
-    )
-    return _carded(_verified(Result("extend", route, record), job.output, None, job.verify), job.output)
+    from pathlib import Path
+
+    from yarnconv.hf.extend import extending
+    from yarnconv.publish.card import write_card
+
+    out = Path(job.output)  # type: ignore[arg-type]
+    settings = {"link": job.link or "auto", "force": job.force, "precompute_inv_freq": job.precompute_inv_freq, "revision": job.revision, "base_model": job.base_model}
+    with extending(model, out, job.rope, progress=progress, **settings) as (staged, record):
+        write_card(staged, name=out.name, figure=False)  # committed with the output; the figure (matplotlib, numpy) is left to the heavier steps
+    record["card"] = str(out / "README.md")
+    return _carded(_verified(Result("extend", route, record), out, None, job.verify), out)
 
 
 def _carded(result: Result, folder: Any) -> Result:
-    """The model card (README.md, with its figure and any verify report) in a checkpoint just written."""
+    """The model card refreshed with the verify report and its figure (--verify); extend wrote its first one already."""
     from pathlib import Path
 
     from yarnconv.publish.card import write_card
 
-    if not result.record.get("dry_run"):
-        result.record["card"] = str(write_card(Path(folder), figure=False))
+    if not result.record.get("dry_run") and ("verify" in result.record or result.command != "extend"):
+        result.record["card"] = str(write_card(Path(folder), figure=result.command == "extend"))
     return result
 
 

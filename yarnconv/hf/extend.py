@@ -6,9 +6,11 @@ Weights are linked (or copied) byte for byte; only config.json (and a matching
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,20 @@ def extend(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
     request: ExtendRequest,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Write an extended copy of ``source`` to ``output`` and return the run record (settings: as
+    :func:`extending`)."""
+    with extending(source, output, request, **settings) as (_, record):
+        pass
+    return record
+
+
+@contextlib.contextmanager
+def extending(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    request: ExtendRequest,
     *,
     link: str = "auto",
     force: bool = False,
@@ -59,9 +75,11 @@ def extend(
     revision: str | None = None,
     progress: bool = True,
     base_model: str | None = None,
-) -> dict[str, Any]:
-    """Write an extended copy of ``source`` to ``output`` and return the run record; ``base_model`` is the
-    source's Hub id for the card (default: detected, see :func:`yarnconv.storage.sources.hub_id_of`)."""
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The extended copy, staged: yields (the scratch directory, the run record) before the output takes
+    its name, so what the caller writes there (the model card) is committed with it and a failure leaves
+    no output. ``base_model`` is the source's Hub id for the card (default: detected, see
+    :func:`yarnconv.storage.sources.hub_id_of`)."""
     src, raw, plan = plan_for(source, request, revision=revision)
     hub_id = hub_id_of(src, base_model)
     out = Path(output)
@@ -79,21 +97,22 @@ def extend(
     # links need no room; copies (--link copy, or another filesystem) need it all
     cross_device = out.absolute().parent.exists() and os.stat(out.absolute().parent).st_dev != os.stat(src.path).st_dev
     require_space(out.absolute().parent, total if link == "copy" or cross_device else total - linked, "the extended checkpoint")
-    with atomic_dir(out, force=force) as tmp, progress_bar(total, progress, "extend") as bar:
+    with atomic_dir(out, force=force) as tmp:
         write_json(tmp / CONFIG, plan.config)
         files.append({"path": CONFIG, "action": "rewritten"})
-        for rel in rel_paths:
-            src_file, dst_file = src.path / rel, tmp / rel
-            size = src_file.stat().st_size
-            if rel.as_posix() == TOKENIZER_CONFIG and _retarget_tokenizer(src_file, dst_file, plan):
-                action = "rewritten"
-            elif is_weight_file(rel) or size >= LINK_THRESHOLD:
-                action = place_file(src_file, dst_file, link)
-            else:
-                copy_small(src_file, dst_file)
-                action = "copy"
-            files.append({"path": rel.as_posix(), "action": action, "bytes": size})
-            bar.update(size)
+        with progress_bar(total, progress, "extend") as bar:
+            for rel in rel_paths:
+                src_file, dst_file = src.path / rel, tmp / rel
+                size = src_file.stat().st_size
+                if rel.as_posix() == TOKENIZER_CONFIG and _retarget_tokenizer(src_file, dst_file, plan):
+                    action = "rewritten"
+                elif is_weight_file(rel) or size >= LINK_THRESHOLD:
+                    action = place_file(src_file, dst_file, link)
+                else:
+                    copy_small(src_file, dst_file)
+                    action = "copy"
+                files.append({"path": rel.as_posix(), "action": action, "bytes": size})
+                bar.update(size)
         if precompute_inv_freq:
             write_sidecar(tmp / SIDECAR, plan)
             files.append({"path": SIDECAR, "action": "written"})
@@ -103,8 +122,8 @@ def extend(
         if previous.is_file():
             record["previous"] = read_json(previous, RECORD)
         write_json(tmp / RECORD, record)
-    record["output"] = str(out)
-    return record
+        record["output"] = str(out)
+        yield tmp, record
 
 
 def _retarget_tokenizer(src: Path, dst: Path, plan: ExtendPlan) -> bool:

@@ -104,10 +104,11 @@ def front_matter(meta: dict[str, Any]) -> str:
     return "\n".join([*out, "---"])
 
 
-def build_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None, figure: bool = True, hub_id: str | None = None) -> str:
+def build_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None, figure: bool = True, hub_id: str | None = None, name: str | None = None) -> str:
     """The card text for the checkpoint directory ``root`` (or, with ``gguf``, the folder of GGUF
     files made from the checkpoint at ``record_dir``); ``hub_id`` replaces the base_model the record
-    names (``push --base-model --dry-run`` shows the card it would write)."""
+    names (``push --base-model --dry-run`` shows the card it would write); ``name`` is the folder's final
+    name when ``root`` is still the scratch directory of an output being written."""
     home = record_dir or root
     if not (home / RECORD).is_file():
         raise YarnconvError(f"{home} has no {RECORD}: not a yarnconv output", "write the card for what yarnconv extend or run wrote")
@@ -120,15 +121,14 @@ def build_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None
             meta["base_model_relation"] = "quantized"
     if not gguf:
         meta["library_name"] = "transformers"
-    return f"{front_matter(meta)}\n\n{_body(root, home, record, base, gguf, figure)}"
+    return f"{front_matter(meta)}\n\n{_body(root, home, record, base, gguf, figure, name or root.name)}"
 
 
-def _body(root: Path, home: Path, record: dict[str, Any], base: str | None, gguf: bool, figure: bool) -> str:
+def _body(root: Path, home: Path, record: dict[str, Any], base: str | None, gguf: bool, figure: bool, name: str) -> str:
     after = record.get("rope_after") or {}
     ctx = record.get("max_position_embeddings") or {}
     factor, original = after.get("factor"), after.get("original_context")
     attention = after.get("attention_factor") or (rope.mscale(factor) if factor else None)
-    name = root.name
     lines = [f"# {name}", ""]
     what = f"[{base}](https://huggingface.co/{base})" if base else "its source model"
     variant = record.get("variant") or {}
@@ -154,7 +154,7 @@ def _body(root: Path, home: Path, record: dict[str, Any], base: str | None, gguf
     lines += _eval_section(root, gguf)
     if (home / RECIPE).is_file():
         lines += ["## Recipe", "", "```toml", (home / RECIPE).read_text().rstrip(), "```", ""]
-    lines += _launch_section(root, gguf)
+    lines += _launch_section(root, gguf, name)
     return "\n".join(lines) + "\n"
 
 
@@ -221,7 +221,7 @@ def _quant_table(reports: list[Path]) -> list[str]:
     return [head, "", "| file | size | KL mean | KL 99% | same top-1 |", "|---|---|---|---|---|", *rows, ""]
 
 
-def _launch_section(root: Path, gguf: bool) -> list[str]:
+def _launch_section(root: Path, gguf: bool, name: str) -> list[str]:
     targets = sorted(root.glob("*.gguf")) if gguf else [root]
     if not targets:
         return []
@@ -229,7 +229,8 @@ def _launch_section(root: Path, gguf: bool) -> list[str]:
     out = ["## Run it", ""]
     for row in h["runtimes"]:
         if row.get("command"):
-            command = row["command"].replace(str(targets[0]), targets[0].name)  # as after downloading the repo
+            command = row["command"].replace(str(targets[0]), targets[0].name if gguf else name)  # as after downloading the repo
+            command = command if gguf else command.replace(targets[0].name, name)  # a scratch directory's name, too
             out += [f"**{row['runtime']}**", "", "```bash", command, "```", ""]
     kv = h.get("kv_cache_bytes") or {}
     if kv:
@@ -238,11 +239,11 @@ def _launch_section(root: Path, gguf: bool) -> list[str]:
     return out
 
 
-def write_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None, figure: bool = True) -> Path:
+def write_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None, figure: bool = True, name: str | None = None) -> Path:
     """Write (or refresh) ``root/README.md`` whole (a temporary file renamed over it), and with
-    ``figure`` its PNG when matplotlib is installed (extend and export leave the figure to run, demo
-    and push: drawing it costs seconds)."""
-    text = build_card(root, gguf=gguf, record_dir=record_dir, figure=figure)  # refuses a folder that is not yarnconv's
+    ``figure`` its PNG when matplotlib is installed (extend writes both inside its atomic commit;
+    refreshing after verify or eval redraws them)."""
+    text = build_card(root, gguf=gguf, record_dir=record_dir, figure=figure, name=name)  # refuses a folder that is not yarnconv's
     from yarnconv.publish import plot
 
     if figure and plot.available():
