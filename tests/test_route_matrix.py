@@ -47,7 +47,7 @@ def cli(*args: str) -> tuple[int, str, str]:
 def verify(path: Path, *extra: str) -> dict:
     code, out, err = cli("verify", path, "--json", *extra)
     report = json.loads(out) if out.strip() else {}
-    assert code == (0 if report.get("ok") else 1), (code, err, report)
+    assert code == (0 if report.get("ok") else 3), (code, err, report)  # 3: a check failed (errors.py)
     return report
 
 
