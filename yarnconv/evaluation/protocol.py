@@ -111,23 +111,24 @@ class Tally:
         values = self.nll[length]
         return math.exp(float(np.mean(values))) if values else float("nan")
 
-    def interval(self, length: int, *, seed: int = 0, resamples: int = 1000) -> tuple[float, float]:
-        """A 95% percentile-bootstrap interval over the scored tokens (they are not independent, so it
-        is a lower bound on the uncertainty)."""
-        values = np.asarray(self.nll[length], dtype=np.float64)
-        if len(values) < 2:
-            return float("nan"), float("nan")
-        rng = np.random.default_rng(seed)
-        means = np.array([values[rng.integers(0, len(values), len(values))].mean() for _ in range(resamples)])
-        return math.exp(float(np.percentile(means, 2.5))), math.exp(float(np.percentile(means, 97.5)))
+    def interval(self, length: int, *, seed: int = 0) -> tuple[float, float]:
+        """A 95% percentile-bootstrap interval over the scored tokens (verify's ``bootstrap_mean``; the
+        tokens are not independent, so it is a lower bound on the uncertainty)."""
+        from yarnconv.verify.stats import bootstrap_mean
 
-    def against(self, other: Tally, length: int, *, seed: int = 0, resamples: int = 1000) -> dict[str, Any]:
+        if len(self.nll[length]) < 2:
+            return float("nan"), float("nan")
+        _, low, high = bootstrap_mean(np.asarray(self.nll[length]), seed=seed)
+        return math.exp(low), math.exp(high)
+
+    def against(self, other: Tally, length: int, *, seed: int = 0) -> dict[str, Any]:
         """This row's perplexity over another's on the same scored tokens: exp(mean NLL difference), with a
         95% paired bootstrap interval (the text's own difficulty cancels, so it is far narrower than
         either row's own interval)."""
+        from yarnconv.verify.stats import bootstrap_mean
+
         diff = np.asarray(self.nll[length], dtype=np.float64) - np.asarray(other.nll[length], dtype=np.float64)
         if len(diff) < 2:
             return {"ppl_ratio": None, "ci95": [None, None]}
-        rng = np.random.default_rng(seed)
-        means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(resamples)])
-        return {"ppl_ratio": round(math.exp(float(diff.mean())), 4), "ci95": [round(math.exp(float(np.percentile(means, q))), 4) for q in (2.5, 97.5)]}
+        mean, low, high = bootstrap_mean(diff, seed=seed)
+        return {"ppl_ratio": round(math.exp(mean), 4), "ci95": [round(math.exp(low), 4), round(math.exp(high), 4)]}

@@ -21,6 +21,7 @@ from yarnconv.config.write import write_rope
 from yarnconv.errors import UsageError, YarnconvError
 from yarnconv.plan import METHODS, ExtendRequest, plan_extend
 from yarnconv.storage.files import CONFIG, RECORD, read_json
+from yarnconv.verify.subject import Subject
 
 NAMES = {"yarn": "YaRN", "linear": "PI (linear)", "dynamic": "dynamic NTK"}
 
@@ -66,12 +67,9 @@ def _scaled(block: RopeBlock, what: str) -> tuple[float, int]:
     return float(block.factor), int(block.original_context)
 
 
-def hf_rows(root: Path, base: Path | None, methods: list[str]) -> list[Row]:
+def hf_rows(s: Subject, base: Path | None, methods: list[str]) -> list[Row]:
     """Rows for an HF checkpoint: its own config, the base's, and each method's variant of the base."""
-    from yarnconv.verify.subject import base_rope, intended_rope
-
-    view = read_config(read_json(root / CONFIG, CONFIG))
-    block, _ = intended_rope(root, view)
+    root, view, block = s.path, s.view, s.block
     factor, original = _scaled(block, str(root))
     context = view.max_position or int(original * factor)
     rows = [Row("extended", f"{_describe(block, context)} (this model)", block, context)]
@@ -82,7 +80,7 @@ def hf_rows(root: Path, base: Path | None, methods: list[str]) -> list[Row]:
     else:
         record = read_json(root / RECORD, RECORD) if (root / RECORD).is_file() else {}
         before = (record.get("max_position_embeddings") or {}).get("before") or original
-        base_block = base_rope(root, block)
+        base_block = s.base_block
         base_raw = write_rope(view.raw, view.section, base_block, before, "portable", view=view)
         rows.append(Row("base", f"{_describe(base_block, before)} (this model's weights, its rope before extend)", base_block, before, config=base_raw))
     if methods and base_block.rope_type != "default":
@@ -96,11 +94,9 @@ def hf_rows(root: Path, base: Path | None, methods: list[str]) -> list[Row]:
     return rows
 
 
-def gguf_rows(path: Path, base: Path | None, methods: list[str]) -> list[Row]:
+def gguf_rows(s: Subject, base: Path | None, methods: list[str]) -> list[Row]:
     """Rows for a GGUF file: the file as it is, then the same file under llama.cpp's rope flags."""
-    from yarnconv.verify.subject import gguf_subject
-
-    s = gguf_subject(path, None)
+    path = s.path
     factor, original = _scaled(s.block, path.name)
     context = int(s.gguf.get("planned_context") or s.gguf.get("context_length") or original * factor)
     rows = [Row("extended", f"{_describe(s.block, context)} (this file)", s.block, context)]

@@ -21,6 +21,7 @@ from yarnconv.evaluation.engines import LlamaCppScorer, ReferenceScorer, Scorer,
 from yarnconv.evaluation.protocol import Protocol, Tally, check_documents, default_lengths
 from yarnconv.evaluation.rows import Row, check_lengths, gguf_rows, hf_rows, variant_dir
 from yarnconv.storage.progress import progress_bar
+from yarnconv.verify.subject import Subject
 
 REPORT = "yarnconv-eval.json"
 FIGURE = "yarnconv-eval.png"
@@ -47,6 +48,7 @@ class Setup:
     documents: list[tuple[str, list[int]]]
     text: dict[str, Any]
     head_dim: int
+    tokenize: Callable[[str], list[int]]
 
 
 def evaluate_model(
@@ -95,22 +97,24 @@ def prepare(path: Path, base: Path | None, lengths: list[int] | None, methods: l
         raise YarnconvError(f"{path} is neither an HF checkpoint directory nor a .gguf file", "evaluate what yarnconv extend or export wrote")
     if base is not None and not (base.is_file() if gguf else (base / "config.json").is_file()):
         raise YarnconvError(f"--base {base} is not {'a GGUF file' if gguf else 'an HF checkpoint directory'}", "pass the model this one was extended from, in the same format")
-    engine, dtype = _engine(path, gguf, engine)
-    rows = gguf_rows(path, base, methods) if gguf else hf_rows(path, base, methods)
+    from yarnconv.verify.subject import gguf_subject, hf_subject
+
+    subject = gguf_subject(path, None) if gguf else hf_subject(path)  # read once: the rows, the engine and the head size use it
+    engine, dtype = _engine(subject, engine)
+    rows = gguf_rows(subject, base, methods) if gguf else hf_rows(subject, base, methods)
     ext = rows[0]
     ladder = lengths or default_lengths(int(ext.block.original_context or 0), ext.max_position)
     check_lengths(ladder, rows)
     protocol = Protocol(tuple(ladder), stride, windows)
-    documents, text = _documents(_tokenizer(path, gguf), texts, protocol, seed)
-    from yarnconv.verify.subject import gguf_subject, hf_subject
-
-    view = (gguf_subject(path, None) if gguf else hf_subject(path)).view
-    return Setup(path, gguf, engine, dtype, rows, protocol, documents, text, view.rope_head_dim or view.head_dim or 0)
+    tokenize = _tokenizer(path, gguf)
+    documents, text = _documents(tokenize, texts, protocol, seed)
+    return Setup(path, gguf, engine, dtype, rows, protocol, documents, text, subject.dim, tokenize)
 
 
-def _engine(path: Path, gguf: bool, asked: str | None) -> tuple[str, str]:
+def _engine(s: Subject, asked: str | None) -> tuple[str, str]:
     """The runtime and transformers' dtype: llama.cpp for a GGUF; transformers for HF when the model fits
     (float32, else its half precision), else the streaming reference."""
+    gguf = s.kind == "gguf"
     if asked is not None and asked not in ENGINES:
         raise YarnconvError(f"unknown engine {asked!r}", f"use one of {', '.join(ENGINES)}")
     if gguf:
@@ -125,10 +129,9 @@ def _engine(path: Path, gguf: bool, asked: str | None) -> tuple[str, str]:
         raise YarnconvError("--engine llama.cpp runs GGUF files", "export the checkpoint (yarnconv export --gguf --outtype f32) and evaluate the file")
     if asked == "reference":
         return "reference", "float32"
-    from yarnconv.verify.subject import hf_subject
     from yarnconv.verify.transformers_engine import TABLES_ONLY, engine_dtype
 
-    dtype = engine_dtype(hf_subject(path), "auto")
+    dtype = engine_dtype(s, "auto")
     return ("reference", "float32") if dtype == TABLES_ONLY else ("transformers", dtype)
 
 
@@ -241,21 +244,20 @@ def _passkey(s: Setup, scratch: Path, trials: int, seed: int, progress: bool) ->
 
     if s.engine == "reference":
         raise YarnconvError("passkey retrieval decodes answers, which the reference forward does not", "drop --passkey, or run in transformers / llama.cpp")
-    tokenize, merged = _tokenizer(s.path, s.gguf), {}
+    merged: dict[str, Any] = {}
+    decode = None if s.gguf else _hf_decoder(s.path)
     for r in (r for r in s.rows if not (r.same_as or r.not_run)):
         if s.gguf:
             engine: passkey.Engine = passkey.LlamaCppEngine(r.path or s.path, s.protocol.lengths[-1] + 16, rope=r.flags)
         else:
             engine = passkey.TransformersEngine(_where(s, r, scratch))
-        report, _ = passkey.run_passkey({r.label: engine}, tokenize, _decoder(s, engine), list(s.protocol.lengths), trials=trials, seed=seed, progress=progress)
+        report, _ = passkey.run_passkey({r.label: engine}, s.tokenize, decode or engine.seq.detokenize, list(s.protocol.lengths), trials=trials, seed=seed, progress=progress)  # type: ignore[attr-defined]
         merged = report if not merged else merged | {k: merged[k] + report[k] for k in ("rows", "per_length")}
     return merged
 
 
-def _decoder(s: Setup, engine: Any) -> Callable[[int], str]:
-    if s.gguf:
-        return engine.seq.detokenize  # type: ignore[no-any-return]
+def _hf_decoder(root: Path) -> Callable[[int], str]:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(s.path)
+    tok = AutoTokenizer.from_pretrained(root)
     return lambda i: str(tok.decode([i]))
