@@ -20,7 +20,8 @@ def test_card_of_a_local_extension_inherits_the_license_and_claims_no_relation(t
     (src / "README.md").write_text("---\nlicense: llama2\nlicense_name: custom\ntags:\n- base\n---\n# The base model\n")
     run_cli("extend", str(src), "--scale", "4", "-o", str(tmp_path / "ext"), "-q")
     before = (src / "README.md").read_text()
-    assert "yarnconv-rope.png" not in (tmp_path / "ext" / "README.md").read_text()  # extend's own card: text only, fast
+    assert "](yarnconv-rope.png)" in (tmp_path / "ext" / "README.md").read_text()  # extend's own card has its figure (issue 21)
+    assert (tmp_path / "ext" / "yarnconv-rope.png").is_file()
     card = ModelCard.load(write_card(tmp_path / "ext"))
     data = card.data.to_dict()
     assert data["license"] == "llama2" and data["license_name"] == "custom" and data["library_name"] == "transformers"

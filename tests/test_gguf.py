@@ -753,7 +753,7 @@ def test_bf16_tensors_copied_unchanged_equal_gguf_py_encoding_for_every_bit_patt
     import numpy as np
     from gguf import GGMLQuantizationType, quants
 
-    from yarnconv.gguf.export import _quiet_nans
+    from yarnconv.gguf.stream import _quiet_nans
 
     bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
     encoded = quants.quantize((bits.astype(np.uint32) << 16).view(np.float32), GGMLQuantizationType.BF16).view(np.uint16)
@@ -768,7 +768,7 @@ def test_bf16_to_f16_by_table_equals_gguf_py_encoding_for_every_bit_pattern() ->
     import numpy as np
     from gguf import GGMLQuantizationType, quants
 
-    from yarnconv.gguf.export import _bf16_to_f16
+    from yarnconv.gguf.stream import _bf16_to_f16
 
     bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).reshape(256, 256)  # rows, as chunks come
     with np.errstate(over="ignore"):

@@ -14,8 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from yarnconv.cli import main
-from yarnconv.verify.check import Bound, judge, skipped
-from yarnconv.verify.demo import demo_ok
+from yarnconv.verify.check import Bound, demo_ok, judge, skipped
 from yarnconv.verify.logits import LOGIT_BOUNDS, compare_logits
 from yarnconv.verify.rotary import ROTARY_BOUNDS
 

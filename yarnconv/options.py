@@ -89,10 +89,3 @@ def given(request: Any) -> list[str]:
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
-
-
-def reject(request: Any, names: list[str], route: str) -> None:
-    """Refuse settings that do not apply to the route taken (a usage error, exit code 2)."""
-    typed = [flag(n) for n in given(request) if n in names]
-    if typed:
-        raise UsageError(f"{', '.join(typed)} {'does' if len(typed) == 1 else 'do'} not apply to {route}", "drop it")

@@ -70,8 +70,13 @@ class _Group(click.Group):
             return None
         import importlib
 
+        from yarnconv.api import route_help
+
         module = importlib.import_module(f"yarnconv.cli.{COMMANDS[cmd_name]}")
-        return getattr(module, cmd_name, None) or getattr(module, f"{cmd_name}_")  # type: ignore[no-any-return]
+        command: click.Command = getattr(module, cmd_name, None) or getattr(module, f"{cmd_name}_")
+        if command.epilog is None:  # the route table, once: which settings each route refuses
+            command.epilog = route_help(cmd_name)
+        return command
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         """Click's usage errors as one line naming the problem and where the help is (Click prints four)."""

@@ -9,8 +9,11 @@ whole or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,48 +66,74 @@ def _config(raw: dict[str, Any], dtype: str | None) -> dict[str, Any]:
     return {**raw, "torch_dtype": name, "dtype": name}
 
 
-def export_hf(
-    source: str | os.PathLike[str], output: str | os.PathLike[str], *, dtype: str | None = None, max_shard_size: int = 0, force: bool = False, dry_run: bool = False, progress: bool = True
-) -> dict[str, Any]:
-    """A copy of the checkpoint at ``source`` with its weights cast to ``dtype`` and resharded."""
+@dataclass
+class HFVariant:
+    """One planned ``export --hf``: the cast tensors in their shards, and the record it prints."""
+
+    root: Path
+    raw: dict[str, Any]
+    out: Path
+    dtype: str | None
+    shards: list[list[OutTensor]]
+    names: list[str]
+    record: dict[str, Any]
+
+
+def plan_hf(source: str | os.PathLike[str], output: str | os.PathLike[str], *, dtype: str | None = None, max_shard_size: int = 0, force: bool = False, dry_run: bool = False) -> HFVariant:
+    """What :func:`writing_hf` will write; refuses an output inside the source, or an existing one without ``force``."""
     root = resolve(source).path
     raw = read_json(root / CONFIG, CONFIG)
     tensors, notes = _tensors(root, raw, dtype)
     shards = shard(tensors, max_shard_size)
     n = len(shards)
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    total = sum(t.nbytes for t in tensors)
     record: dict[str, Any] = {
         "source": str(root),
         "output": str(output),
         "dtype": DTYPES[dtype][1] if dtype else "unchanged",
         "tensors": len(tensors),
-        "bytes": total,
+        "bytes": sum(t.nbytes for t in tensors),
         "shards": [{"file": f, "tensors": len(s), "bytes": sum(t.nbytes for t in s)} for f, s in zip(names, shards, strict=True)],
         "notes": notes,
         "dry_run": dry_run,
     }
-    out = Path(output)
-    check_output_location(root, out, force=force)
-    if dry_run:
-        return record
-    require_space(out.absolute().parent, total, "the exported checkpoint")
-    with atomic_dir(out, force=force) as tmp, progress_bar(sum(t.src.nbytes for t in tensors), progress, "export") as bar:
-        for fname, part in zip(names, shards, strict=True):
+    check_output_location(root, Path(output), force=force)
+    return HFVariant(root, raw, Path(output), dtype, shards, names, record)
+
+
+@contextlib.contextmanager
+def writing_hf(v: HFVariant, *, force: bool = False, progress: bool = True) -> Iterator[Path]:
+    """Write the variant into a scratch directory and yield it before it takes the output's name, so
+    what the caller adds there (the model card) is committed with it."""
+    total = v.record["bytes"]
+    require_space(v.out.absolute().parent, total, "the exported checkpoint")
+    with atomic_dir(v.out, force=force) as tmp, progress_bar(sum(t.src.nbytes for s in v.shards for t in s), progress, "export") as bar:
+        for fname, part in zip(v.names, v.shards, strict=True):
             write_file(tmp / fname, part, {"format": "pt"}, bar)
-        if n > 1:
-            index = {"metadata": {"total_size": total}, "weight_map": {t.name: f for f, part in zip(names, shards, strict=True) for t in part}}
+        if len(v.names) > 1:
+            index = {"metadata": {"total_size": total}, "weight_map": {t.name: f for f, part in zip(v.names, v.shards, strict=True) for t in part}}
             write_json(tmp / INDEX, index)
-        write_json(tmp / CONFIG, _config(raw, dtype))
-        for rel in walk_files(root):
+        write_json(tmp / CONFIG, _config(v.raw, v.dtype))
+        for rel in walk_files(v.root):
             if rel.suffix in (".safetensors", ".bin", ".pt", ".pth") or rel.name.endswith(".safetensors.index.json") or rel.as_posix() == CONFIG:
                 continue
-            copy_small(root / rel, tmp / rel)
+            copy_small(v.root / rel, tmp / rel)
         if (tmp / RECORD).is_file():  # the record says the weights are no longer the source's bytes (the card reads it)
             made = read_json(tmp / RECORD, RECORD)
             if isinstance(made, dict):
-                write_json(tmp / RECORD, {**made, "variant": {k: record[k] for k in ("dtype", "tensors", "bytes")} | {"shards": len(names)}})
-    return record
+                write_json(tmp / RECORD, {**made, "variant": {k: v.record[k] for k in ("dtype", "tensors", "bytes")} | {"shards": len(v.names)}})
+        yield tmp
+
+
+def export_hf(
+    source: str | os.PathLike[str], output: str | os.PathLike[str], *, dtype: str | None = None, max_shard_size: int = 0, force: bool = False, dry_run: bool = False, progress: bool = True
+) -> dict[str, Any]:
+    """A copy of the checkpoint at ``source`` with its weights cast to ``dtype`` and resharded."""
+    v = plan_hf(source, output, dtype=dtype, max_shard_size=max_shard_size, force=force, dry_run=dry_run)
+    if not dry_run:
+        with writing_hf(v, force=force, progress=progress):
+            pass
+    return v.record
 
 
 def export_safetensors(
