@@ -108,6 +108,7 @@ def test_plan_llama_scale_16_writes_the_portable_invariants() -> None:
     every_runtime = {r["runtime"]: r["verdict"] for r in runtimes.compare_config(new)}
     assert every_runtime.pop("transformers 4.44-4.50") == "differs"  # D1: no layout is exact there
     assert every_runtime.pop("exllamav2") == "fails"  # both keys: needs --schema exllamav2
+    assert every_runtime.pop("mistral.rs") == "fails"  # its llama model reads rope_scaling as Llama 3 scaling only
     assert set(every_runtime.values()) == {"same"}
 
 

@@ -90,7 +90,7 @@ def print_inspect(r: dict[str, Any]) -> None:
     if r.get("runtimes"):
         line("  runtimes")
         for row in r["runtimes"]:
-            if row["verdict"] in ("fails", "unsupported"):
+            if row["verdict"] in ("fails", "unsupported", "unknown"):
                 line(f"    {row['runtime']:<24} {row['verdict'].upper() if row['verdict'] == 'fails' else 'n/a':<8} {row.get('error')}")
                 continue
             ctx = row.get("max_context")

@@ -185,7 +185,7 @@ def _lint_yarn(view: ConfigView, raw_block: dict[str, Any]) -> list[Finding]:
             Finding(
                 "warning",
                 "explicit-attention-factor",
-                f"attention_factor={block.attention_factor:g}: ignored by the llama.cpp converter path, exllamav2, MLX and older vLLM (0.32 honours it)",
+                f"attention_factor={block.attention_factor:g}: ignored by the llama.cpp converter path, exllamav2, SGLang and older vLLM (0.32 and mlx-lm honour it)",
             )
         )
     if block.mscale or block.mscale_all_dim:

@@ -10,8 +10,11 @@ What each runtime needs (docs/runtimes.md §1-2):
 - SGLang reads ``rope_scaling`` only, and takes overrides as ``--json-model-override-args``.
 - llama.cpp sizes by ``{arch}.context_length``; llama-server builds before PR #28030 cap every slot
   at it. A GGUF with YaRN keys needs no rope flags.
-- ollama: ``num_ctx`` defaults to 2048. Its Go engine reads the YaRN keys for qwen3 only; the llama
-  and qwen2 engines read ``rope.freq_scale`` and ``rope_freqs.weight`` (from source).
+- ollama: ``num_ctx`` defaults to 2048. Its Go qwen3 engine reads the YaRN keys at magnitude 1, its
+  gemma3 engine ignores them; llama and qwen2 run in its vendored llama.cpp unless OLLAMA_NEW_ENGINE
+  is set, whose Go engines read only ``rope.freq_scale`` and ``rope_freqs.weight`` (from source).
+- mlx-lm reads ``rope_scaling`` and sizes nothing by the config; exllamav3 sizes by
+  ``max_position_embeddings`` and derives the factor from it.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ KV_BYTES = {"f16": 2.0, "fp8": 1.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 # docs.sglang.io/platforms/cpu_server.html; these machines have AVX2 only): its line is modelled.
 SGLANG_UNRUN = "modelled from SGLang's source, not run by yarnconv's tests (no installable CPU build for AVX2 machines)"
 KV_FLAGS = {"fp8": "vLLM/SGLang --kv-cache-dtype fp8", "q8_0": "llama.cpp -ctk q8_0 -ctv q8_0 -fa on", "q4_0": "llama.cpp -ctk q4_0 -ctv q4_0 -fa on"}
-OLLAMA_READS_YARN = {"qwen3", "qwen3moe"}  # Go engines that read rope.scaling.*
+OLLAMA_READS_YARN = {"qwen3", "qwen3moe"}  # Go engines that read rope.scaling.* (model/models/qwen3/model.go)
+OLLAMA_IGNORES_YARN = {"gemma3"}  # Go engines that read rope.freq_scale only (model/models/gemma3/model_text.go)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,25 @@ def _hf_hints(root: Path, view: ConfigView) -> dict[str, Any]:
         }
     )
     out.append(_ollama(gguf, context, view.model_type or "", rope_freqs=False, from_hf=True))
+    out += _modelled(q, {r["runtime"]: r for r in rows})
     return _record(root, context, block.to_dict(), _shape(view), out)
+
+
+def _modelled(q: str, rows: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """mlx-lm, exllamav3 and mistral.rs: a launch line where the project has one, and what inspect's
+    row (modelled from source) says about this config."""
+    commands = {"mlx-lm": f"mlx_lm.server --model {q}", "exllamav3": None, "mistral.rs": None}
+    out = []
+    for name, command in commands.items():
+        row = rows.get(name)
+        if row is None:
+            continue
+        said = "reads the YaRN config as written" if row["verdict"] == "same" else _why(row)
+        notes = [f"{name} {said} (modelled from its source, not run here)"]
+        if command is None:
+            notes.append(f"load the checkpoint directory in {name}; yarnconv knows no stable launch command for it")
+        out.append({"runtime": name, "command": command, "notes": notes})
+    return out
 
 
 def _gguf_hints(path: Path) -> dict[str, Any]:
@@ -159,18 +181,26 @@ def _gguf_hints(path: Path) -> dict[str, Any]:
 def _ollama(gguf: str, context: int, arch: str, *, rope_freqs: bool, from_hf: bool) -> dict[str, Any]:
     modelfile = f"FROM ./{gguf}\nPARAMETER num_ctx {context}\n"
     notes = ["num_ctx defaults to 2048 whatever the model's context; the Modelfile sets it"]
-    if arch not in OLLAMA_READS_YARN and not rope_freqs:
+    if arch in OLLAMA_READS_YARN:
+        notes.append("ollama's Go qwen3 engine reads the YaRN keys but passes attn_factor 1/(1 + 0.1 ln s), cancelling ggml's magnitude: YaRN's frequencies at magnitude 1 (from source; `yarnconv inspect` shows the row); llama.cpp runs the planned magnitude")
+    elif arch in OLLAMA_IGNORES_YARN:
+        notes.append(f"ollama's Go {arch} engine reads rope.freq_scale only, not the YaRN keys (from source): run it in llama.cpp")
+    elif not rope_freqs:
         fix = "export with --gguf-rope freqs, which writes rope_freqs.weight" if arch in ("llama", "mistral") else "run it in llama.cpp"
-        notes.append(f"ollama's {arch} engine reads rope.freq_scale and rope_freqs.weight, not the YaRN keys (from source): {fix}")
+        notes.append(
+            f"ollama runs {arch} in its vendored llama.cpp by default, which reads the YaRN keys; its Go {arch} engine (OLLAMA_NEW_ENGINE=1) "
+            f"reads rope.freq_scale and rope_freqs.weight only (from source): {fix} to be safe in both"
+        )
     if from_hf:
         notes.append("make the GGUF first (the llama.cpp line)")
     return {"runtime": "ollama", "command": "ollama create NAME -f Modelfile", "modelfile": modelfile, "notes": notes}
 
 
 def _why(row: dict[str, Any]) -> str:
-    if row["verdict"] in ("fails", "unsupported"):
+    if row["verdict"] in ("fails", "unsupported", "unknown"):
         return f"{row['verdict']} ({row.get('error')})"
-    return f"reads it differently ({'; '.join(dict.fromkeys(row['notes'])) or 'inv_freq differs'}); use transformers >= 4.56"
+    fix = "; use transformers >= 4.56" if row["runtime"].startswith("transformers") else ""
+    return f"reads it differently ({'; '.join(dict.fromkeys(row['notes'])) or 'inv_freq or magnitude differs'}){fix}"
 
 
 def _record(path: Path, context: int, rope: dict[str, Any], shape: CacheShape | None, out: list[dict[str, Any]]) -> dict[str, Any]:

