@@ -108,3 +108,25 @@ def test_cli_only_parses_calls_and_prints() -> None:
             continue
         library = {d for d in deps if _room(d) not in ("cli", "yarnconv")}
         assert library <= {"yarnconv.api", "yarnconv.options", "yarnconv.errors"}, (mod, library)
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_is_longer_than_a_screen() -> None:
+    """Each function reads in one screen: a longer one is split into named steps."""
+    long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:  # type: ignore[operator]
+                long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")  # type: ignore[operator]
+    assert not long, long
+
+
+def test_one_driver_runs_every_multi_step_command() -> None:
+    """run, demo and the --verify flags build step lists (yarnconv.pipeline.build) that one driver runs;
+    api.py chains no steps itself."""
+    api = (PACKAGE / "api.py").read_text()
+    assert api.count("run_steps(") == 1 and "for_recipe(" in api and "for_demo(" in api and "for_extend(" in api and "for_export(" in api
+    for chained in ("export_gguf(", "write_card(", "verify_model(", "evaluate_model(", "extending("):
+        assert chained not in api, chained

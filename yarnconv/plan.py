@@ -308,6 +308,37 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
         )
     for name, value in (("--beta-fast", req.beta_fast), ("--beta-slow", req.beta_slow)):
         _positive(value, name)
+    after = _new_block(req, before, factor, original, notes)
+    if view.text.get("original_max_position_embeddings") not in (None, original):
+        notes.append(f"top-level original_max_position_embeddings set to {original} to match the rope block")
+    schema = req.schema or "portable"
+    if schema == "exllamav2" and view.layer_ropes.get("sliding_attention"):
+        raise YarnconvError(
+            f"--schema exllamav2 writes rope_scaling with `type` only, which transformers 5's {view.model_type} config class reads as plain RoPE "
+            "(it fills rope_type 'default' first): YaRN would be silently off",
+            "use --schema portable (or v5)",
+        )
+    if view.layout == "rope_parameters" and schema != "v5":
+        notes.append("rope_parameters (transformers 5 form) rewritten as rope_scaling + rope_theta, which every runtime reads")
+    new = write_rope(raw, view.section, after, length, schema, view=view)
+    if "head_dim" not in view.text and "head_dim" in (new[view.section[0]] if view.section else new):
+        notes.append(f"head_dim {view.head_dim} written: transformers 4.56-4.57 crash building YaRN for {view.model_type} without it")
+    if view.layer_ropes.get("sliding_attention"):
+        notes.append(f"YaRN applies to the full-attention layers; sliding-window layers keep theta {view.layer_ropes['sliding_attention'].theta:g}")
+    after_view = read_config(new)
+    plan = ExtendPlan(
+        new, before, after, view.max_position, length, source, view.rope_head_dim, view.num_layers or 0, notes, after_view.findings, overrides,
+        layer_ropes=after_view.layer_ropes, layer_types=layer_types(after_view), section=view.section,
+    )  # fmt: skip
+    # Self-check: the written config must read back as exactly the planned block.
+    if replace(after_view.rope, extra={}) != replace(after, extra={}) or after_view.rotary_dim != view.rotary_dim:
+        raise AssertionError(f"yarnconv bug: planned {after} but the written config reads {after_view.rope}")
+    return plan
+
+
+def _new_block(req: ExtendRequest, before: RopeBlock, factor: float, original: int, notes: list[str]) -> RopeBlock:
+    """The rope block to write: the method's keys, the old block's theta and rotary fraction, a YaRN
+    block's own betas and truncate kept when re-extending, the old method's keys dropped."""
     kept = before if before.rope_type == "yarn" else RopeBlock()
     extra = {k: v for k, v in before.extra.items() if k not in METHOD_KEYS}
     dropped = sorted(set(before.extra) - set(extra))
@@ -336,28 +367,4 @@ def plan_extend(raw: dict[str, Any], req: ExtendRequest) -> ExtendPlan:
         after = RopeBlock(
             rope_type=req.method, theta=before.theta, partial_rotary_factor=before.partial_rotary_factor, factor=factor, extra=extra
         )
-    if view.text.get("original_max_position_embeddings") not in (None, original):
-        notes.append(f"top-level original_max_position_embeddings set to {original} to match the rope block")
-    schema = req.schema or "portable"
-    if schema == "exllamav2" and view.layer_ropes.get("sliding_attention"):
-        raise YarnconvError(
-            f"--schema exllamav2 writes rope_scaling with `type` only, which transformers 5's {view.model_type} config class reads as plain RoPE "
-            "(it fills rope_type 'default' first): YaRN would be silently off",
-            "use --schema portable (or v5)",
-        )
-    if view.layout == "rope_parameters" and schema != "v5":
-        notes.append("rope_parameters (transformers 5 form) rewritten as rope_scaling + rope_theta, which every runtime reads")
-    new = write_rope(raw, view.section, after, length, schema, view=view)
-    if "head_dim" not in view.text and "head_dim" in (new[view.section[0]] if view.section else new):
-        notes.append(f"head_dim {view.head_dim} written: transformers 4.56-4.57 crash building YaRN for {view.model_type} without it")
-    if view.layer_ropes.get("sliding_attention"):
-        notes.append(f"YaRN applies to the full-attention layers; sliding-window layers keep theta {view.layer_ropes['sliding_attention'].theta:g}")
-    after_view = read_config(new)
-    plan = ExtendPlan(
-        new, before, after, view.max_position, length, source, view.rope_head_dim, view.num_layers or 0, notes, after_view.findings, overrides,
-        layer_ropes=after_view.layer_ropes, layer_types=layer_types(after_view), section=view.section,
-    )  # fmt: skip
-    # Self-check: the written config must read back as exactly the planned block.
-    if replace(after_view.rope, extra={}) != replace(after, extra={}) or after_view.rotary_dim != view.rotary_dim:
-        raise AssertionError(f"yarnconv bug: planned {after} but the written config reads {after_view.rope}")
-    return plan
+    return after

@@ -37,23 +37,7 @@ def lint(view: ConfigView) -> list[Finding]:
     raw_block = scaling or (params.get("full_attention") if view.nested else params) or {}
     scaled = block.rope_type not in ("default", "none")
     if raw_block and scaled:
-        has_type, has_rope_type = "type" in raw_block, "rope_type" in raw_block
-        if has_type and has_rope_type:
-            out.append(
-                Finding(
-                    "info",
-                    "both-type-keys",
-                    "rope block has both `type` and `rope_type`: fine for transformers >= 4.44, vLLM and llama.cpp; exllamav2 asserts (use --schema exllamav2 for it)",
-                )
-            )
-        elif has_rope_type and block.rope_type == "yarn":
-            out.append(Finding("warning", "rope-type-only", "rope block has `rope_type` but no `type`: exllamav2 runs without YaRN"))
-        elif has_rope_type and block.rope_type in ("linear", "longrope", "dynamic"):
-            out.append(
-                Finding("info", "rope-type-only", f"rope block has `rope_type` but no `type`: exllamav2 reads `type`, so it ignores this {block.rope_type} scaling")
-            )
-        elif not has_type:
-            out.append(Finding("error", "no-type-key", "rope block has neither `type` nor `rope_type`: transformers treats it as unscaled"))
+        out.extend(_type_keys(raw_block, block.rope_type))
     if view.layout == "rope_parameters" and scaled:
         out.append(
             Finding(
@@ -85,33 +69,7 @@ def lint(view: ConfigView) -> list[Finding]:
                 "dynamic-yarn exists only in the reference code; transformers computes static YaRN, other runtimes fail",
             )
         )
-    factor = raw_block.get("factor")
-    if scaled and isinstance(factor, int) and not isinstance(factor, bool):
-        out.append(
-            Finding(
-                "warning", "integer-factor", f"factor is the integer {factor}: transformers 4.43 raises ValueError; write {float(factor)}"
-            )
-        )
-    legacy = [k for k in LEGACY_YARN_KEYS if k in raw_block]
-    if legacy:
-        out.append(
-            Finding(
-                "warning",
-                "legacy-keys",
-                f"{', '.join(legacy)}: ignored by transformers and vLLM 0.32, multiplied in by SGLang, TGI and older vLLM (three different scales)",
-            )
-        )
-    if text.get("auto_map") or view.raw.get("auto_map"):
-        out.append(
-            Finding(
-                "warning",
-                "custom-code",
-                "auto_map points at custom modeling code, which may not implement YaRN; check it before trusting a long context",
-            )
-        )
-    sliding = text.get("sliding_window")
-    if sliding and text.get("use_sliding_window", True) and view.max_position and sliding < view.max_position:
-        out.append(Finding("info", "sliding-window", f"sliding_window={sliding}: attention beyond {sliding} tokens is local"))
+    out.extend(_general(view, raw_block, scaled))
     return out
 
 
@@ -161,6 +119,70 @@ def _lint_yarn(view: ConfigView, raw_block: dict[str, Any]) -> list[Finding]:
         )
     elif block.factor <= 1 or not math.isfinite(block.factor):
         out.append(Finding("error", "bad-factor", f"YaRN factor {block.factor:g} does not extend anything (must be > 1)"))
+    out.extend(_yarn_keys(block, raw_block))
+    return out
+
+
+def _type_keys(raw_block: dict[str, Any], rope_type: str) -> list[Finding]:
+    """`type` and `rope_type`: which runtimes read which (exllamav2 reads `type` alone)."""
+    out: list[Finding] = []
+    has_type, has_rope_type = "type" in raw_block, "rope_type" in raw_block
+    if has_type and has_rope_type:
+        out.append(
+            Finding(
+                "info",
+                "both-type-keys",
+                "rope block has both `type` and `rope_type`: fine for transformers >= 4.44, vLLM and llama.cpp; exllamav2 asserts (use --schema exllamav2 for it)",
+            )
+        )
+    elif has_rope_type and rope_type == "yarn":
+        out.append(Finding("warning", "rope-type-only", "rope block has `rope_type` but no `type`: exllamav2 runs without YaRN"))
+    elif has_rope_type and rope_type in ("linear", "longrope", "dynamic"):
+        out.append(
+            Finding("info", "rope-type-only", f"rope block has `rope_type` but no `type`: exllamav2 reads `type`, so it ignores this {rope_type} scaling")
+        )
+    elif not has_type:
+        out.append(Finding("error", "no-type-key", "rope block has neither `type` nor `rope_type`: transformers treats it as unscaled"))
+    return out
+
+
+def _general(view: ConfigView, raw_block: dict[str, Any], scaled: bool) -> list[Finding]:
+    """Findings for any scaled block: integer factor, legacy keys, custom code, sliding window."""
+    out: list[Finding] = []
+    text = view.text
+    factor = raw_block.get("factor")
+    if scaled and isinstance(factor, int) and not isinstance(factor, bool):
+        out.append(
+            Finding(
+                "warning", "integer-factor", f"factor is the integer {factor}: transformers 4.43 raises ValueError; write {float(factor)}"
+            )
+        )
+    legacy = [k for k in LEGACY_YARN_KEYS if k in raw_block]
+    if legacy:
+        out.append(
+            Finding(
+                "warning",
+                "legacy-keys",
+                f"{', '.join(legacy)}: ignored by transformers and vLLM 0.32, multiplied in by SGLang, TGI and older vLLM (three different scales)",
+            )
+        )
+    if text.get("auto_map") or view.raw.get("auto_map"):
+        out.append(
+            Finding(
+                "warning",
+                "custom-code",
+                "auto_map points at custom modeling code, which may not implement YaRN; check it before trusting a long context",
+            )
+        )
+    sliding = text.get("sliding_window")
+    if sliding and text.get("use_sliding_window", True) and view.max_position and sliding < view.max_position:
+        out.append(Finding("info", "sliding-window", f"sliding_window={sliding}: attention beyond {sliding} tokens is local"))
+    return out
+
+
+def _yarn_keys(block: Any, raw_block: dict[str, Any]) -> list[Finding]:
+    """Betas, truncate, an explicit magnitude and mscale: the keys some runtimes drop."""
+    out: list[Finding] = []
     for name, value in (("beta_fast", raw_block.get("beta_fast")), ("beta_slow", raw_block.get("beta_slow"))):
         if value is not None and not value:
             out.append(Finding("error", "zero-beta", f"{name}=0: transformers substitutes the default, vLLM divides by zero"))

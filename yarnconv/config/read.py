@@ -78,40 +78,8 @@ def _block_from_dict(
     block: dict[str, Any], top: dict[str, Any], findings: list[Finding], *, theta_default: float | None = None, rho_default: float | None = None
 ) -> RopeBlock:
     kind = _selector(block, findings)
-    theta_in = _theta(_number(block.get("rope_theta"), "rope_theta"), "rope_theta")
-    theta_top = _theta(_number(top.get("rope_theta"), "rope_theta"), "rope_theta")
-    if theta_in is not None and theta_top is not None and theta_in != theta_top:
-        findings.append(
-            Finding(
-                "error",
-                "theta-conflict",
-                f"rope_theta is {theta_in:g} in the rope block but {theta_top:g} at top level; v4 reads the top level, v5 the block",
-            )
-        )
-    theta = theta_in if theta_in is not None else theta_top
-    if theta is None and theta_default is not None:
-        theta = theta_default
-        findings.append(Finding("info", "theta-class-default", f"rope_theta not in config.json: read as the class default {theta:g}"))
-    elif theta is None:
-        findings.append(
-            Finding(
-                "warning", "theta-missing", "no rope_theta: transformers 4.x assumes 10000, 5.x a per-class default; write it explicitly"
-            )
-        )
-        theta = 10000.0
-    rho_in = _number(block.get("partial_rotary_factor"), "partial_rotary_factor")
-    rho_top = _number(top.get("partial_rotary_factor"), "partial_rotary_factor")
-    if rho_in is not None and rho_top is not None and rho_in != rho_top:
-        findings.append(
-            Finding(
-                "error",
-                "partial-rotary-conflict",
-                f"partial_rotary_factor is {rho_in:g} in the rope block but {rho_top:g} at top level; v5 reads the block, v4 the top level",
-            )
-        )
-    rho = rho_in if rho_in is not None else rho_top if rho_top is not None else rho_default
-    if rho is not None and not 0.0 < rho <= 1.0:
-        raise YarnconvError(f"config.json: partial_rotary_factor is {rho:g}, not in (0, 1]", "fix the value in config.json")
+    theta = _block_theta(block, top, findings, theta_default)
+    rho = _block_rho(block, top, findings, rho_default)
     original = block.get("original_max_position_embeddings")
     if original is None and kind == "longrope":
         original = top.get("original_max_position_embeddings")  # Phi-3 keeps it at top level
@@ -137,6 +105,50 @@ def _block_from_dict(
         mscale_all_dim=_number(block.get("mscale_all_dim"), "mscale_all_dim"),
         extra={k: v for k, v in block.items() if k not in _BLOCK_KEYS},
     )
+
+
+def _block_theta(block: dict[str, Any], top: dict[str, Any], findings: list[Finding], theta_default: float | None) -> float:
+    """The block's theta, else the top level's, else the class default (or 10000, with a warning)."""
+    theta_in = _theta(_number(block.get("rope_theta"), "rope_theta"), "rope_theta")
+    theta_top = _theta(_number(top.get("rope_theta"), "rope_theta"), "rope_theta")
+    if theta_in is not None and theta_top is not None and theta_in != theta_top:
+        findings.append(
+            Finding(
+                "error",
+                "theta-conflict",
+                f"rope_theta is {theta_in:g} in the rope block but {theta_top:g} at top level; v4 reads the top level, v5 the block",
+            )
+        )
+    theta = theta_in if theta_in is not None else theta_top
+    if theta is None and theta_default is not None:
+        theta = theta_default
+        findings.append(Finding("info", "theta-class-default", f"rope_theta not in config.json: read as the class default {theta:g}"))
+    elif theta is None:
+        findings.append(
+            Finding(
+                "warning", "theta-missing", "no rope_theta: transformers 4.x assumes 10000, 5.x a per-class default; write it explicitly"
+            )
+        )
+        theta = 10000.0
+    return theta
+
+
+def _block_rho(block: dict[str, Any], top: dict[str, Any], findings: list[Finding], rho_default: float | None) -> float | None:
+    """The rotary fraction: the block's, else the top level's, else the class default."""
+    rho_in = _number(block.get("partial_rotary_factor"), "partial_rotary_factor")
+    rho_top = _number(top.get("partial_rotary_factor"), "partial_rotary_factor")
+    if rho_in is not None and rho_top is not None and rho_in != rho_top:
+        findings.append(
+            Finding(
+                "error",
+                "partial-rotary-conflict",
+                f"partial_rotary_factor is {rho_in:g} in the rope block but {rho_top:g} at top level; v5 reads the block, v4 the top level",
+            )
+        )
+    rho = rho_in if rho_in is not None else rho_top if rho_top is not None else rho_default
+    if rho is not None and not 0.0 < rho <= 1.0:
+        raise YarnconvError(f"config.json: partial_rotary_factor is {rho:g}, not in (0, 1]", "fix the value in config.json")
+    return rho
 
 
 def _int_field(text: dict[str, Any], key: str) -> int | None:
@@ -187,56 +199,10 @@ def read_config(raw: Any) -> ConfigView:
         findings.append(
             Finding("info", "class-defaults", f"{', '.join(defaulted)} not in config.json: read as {model_type}'s class defaults")
         )
-    class_defaults = families.defaults(model_type)
-    theta_default = class_defaults.get("rope_theta")
-    rho_default = class_defaults.get("partial_rotary_factor")
-    if "rope_theta" in resolved and "rope_theta" not in text:  # an alias (rotary_emb_base)
-        theta_default = _number(resolved["rope_theta"], "rope_theta")
-    if "partial_rotary_factor" in resolved and "partial_rotary_factor" not in text:
-        rho_default = _number(resolved["partial_rotary_factor"], "partial_rotary_factor")
-    if model_type == "gptj" and isinstance(resolved.get("rotary_dim"), int):
-        rho_default = None  # set from rotary_dim below, once the head size is known
-    scaling, params = text.get("rope_scaling"), text.get("rope_parameters")
-    for name, value in (("rope_scaling", scaling), ("rope_parameters", params)):
-        if value is not None and not isinstance(value, dict):
-            raise YarnconvError(f"config.json: {name} is {value!r}, not an object", f"fix or remove {name} in config.json")
-    layout = "both" if scaling and params else "rope_scaling" if scaling else "rope_parameters" if params else "none"
-    nested = _is_nested(params)
-    local_key = families.LOCAL_BASE_KEY.get(model_type or "")
-    local_theta = _theta(_number(text.get(local_key), local_key) if local_key else None, local_key or "")
-    if local_key and local_theta is None:
-        local_theta = class_defaults.get(local_key)
-    layer_ropes: dict[str, RopeBlock] = {}
-    if nested and not scaling:
-        assert isinstance(params, dict)
-        types = [k for k in params if params[k]]
-        full = params.get("full_attention") or next(v for v in params.values() if v)
-        block = _block_from_dict(full, text, findings, theta_default=theta_default, rho_default=rho_default)
-        for lt in types:
-            default = local_theta if lt == "sliding_attention" and local_theta else theta_default
-            layer_ropes[lt] = block if params[lt] is full else _block_from_dict(params[lt], text, findings, theta_default=default, rho_default=rho_default)
-    else:
-        # transformers v5 lets a rope_scaling block win over rope_parameters; so do we.
-        chosen = scaling or (params if not nested else None) or {}
-        block = _block_from_dict(chosen, text, findings, theta_default=theta_default, rho_default=rho_default)
-        if local_key:
-            layer_ropes = {"full_attention": block, "sliding_attention": RopeBlock(theta=float(local_theta or 10000.0))}
-    if layout == "both" and not nested:
-        other = _block_from_dict(params, text, [], theta_default=theta_default, rho_default=rho_default)
-        if _comparable(other) != _comparable(block):
-            findings.append(
-                Finding(
-                    "error",
-                    "layouts-disagree",
-                    "rope_scaling and rope_parameters disagree; transformers 5 follows rope_scaling, the llama.cpp converter (under transformers 4) rope_parameters",
-                )
-            )
+    theta_default, rho_default = _rope_defaults(text, resolved, model_type)
+    layout, nested, block, layer_ropes = _rope_blocks(text, findings, model_type, theta_default, rho_default)
     hidden, heads = _int_field(resolved, "hidden_size"), _int_field(resolved, "num_attention_heads")
-    head_dim = _int_field(resolved, "head_dim")
-    if model_type in families.MLA_MODEL_TYPES and isinstance(resolved.get("qk_nope_head_dim"), int):
-        head_dim = resolved["qk_nope_head_dim"] + (_int_field(resolved, "qk_rope_head_dim") or 0)
-    if head_dim is None and hidden and heads:
-        head_dim = hidden // heads
+    head_dim = _head_dim(resolved, model_type, hidden, heads)
     if model_type == "gptj" and head_dim and isinstance(resolved.get("rotary_dim"), int) and block.partial_rotary_factor is None:
         block = replace(block, partial_rotary_factor=resolved["rotary_dim"] / head_dim)
     dtype = text.get("dtype") or text.get("torch_dtype") or raw.get("dtype") or raw.get("torch_dtype")
@@ -267,6 +233,63 @@ def read_config(raw: Any) -> ConfigView:
         view.findings = [f for f in findings if f.code != "theta-missing"]
     view.findings.extend(lint(view))
     return view
+
+
+def _rope_defaults(text: dict[str, Any], resolved: dict[str, Any], model_type: str | None) -> tuple[Any, Any]:
+    """The theta and rotary fraction a block without them gets: the family's class defaults, or an alias's value."""
+    class_defaults = families.defaults(model_type)
+    theta_default = class_defaults.get("rope_theta")
+    rho_default = class_defaults.get("partial_rotary_factor")
+    if "rope_theta" in resolved and "rope_theta" not in text:  # an alias (rotary_emb_base)
+        theta_default = _number(resolved["rope_theta"], "rope_theta")
+    if "partial_rotary_factor" in resolved and "partial_rotary_factor" not in text:
+        rho_default = _number(resolved["partial_rotary_factor"], "partial_rotary_factor")
+    if model_type == "gptj" and isinstance(resolved.get("rotary_dim"), int):
+        rho_default = None  # set from rotary_dim once the head size is known
+    return theta_default, rho_default
+
+
+def _rope_blocks(text: dict[str, Any], findings: list[Finding], model_type: str | None, theta_default: Any, rho_default: Any) -> tuple[str, bool, RopeBlock, dict[str, RopeBlock]]:
+    """The layout, whether it is nested per layer type, the main rope block and the per-layer-type blocks."""
+    scaling, params = text.get("rope_scaling"), text.get("rope_parameters")
+    for name, value in (("rope_scaling", scaling), ("rope_parameters", params)):
+        if value is not None and not isinstance(value, dict):
+            raise YarnconvError(f"config.json: {name} is {value!r}, not an object", f"fix or remove {name} in config.json")
+    layout = "both" if scaling and params else "rope_scaling" if scaling else "rope_parameters" if params else "none"
+    nested = _is_nested(params)
+    local_key = families.LOCAL_BASE_KEY.get(model_type or "")
+    local_theta = _theta(_number(text.get(local_key), local_key) if local_key else None, local_key or "")
+    if local_key and local_theta is None:
+        local_theta = families.defaults(model_type).get(local_key)
+    layer_ropes: dict[str, RopeBlock] = {}
+    if nested and not scaling:
+        assert isinstance(params, dict)
+        full = params.get("full_attention") or next(v for v in params.values() if v)
+        block = _block_from_dict(full, text, findings, theta_default=theta_default, rho_default=rho_default)
+        for lt in [k for k in params if params[k]]:
+            default = local_theta if lt == "sliding_attention" and local_theta else theta_default
+            layer_ropes[lt] = block if params[lt] is full else _block_from_dict(params[lt], text, findings, theta_default=default, rho_default=rho_default)
+    else:
+        # transformers v5 lets a rope_scaling block win over rope_parameters; so do we.
+        chosen = scaling or (params if not nested else None) or {}
+        block = _block_from_dict(chosen, text, findings, theta_default=theta_default, rho_default=rho_default)
+        if local_key:
+            layer_ropes = {"full_attention": block, "sliding_attention": RopeBlock(theta=float(local_theta or 10000.0))}
+    if layout == "both" and not nested:
+        other = _block_from_dict(params, text, [], theta_default=theta_default, rho_default=rho_default)
+        if _comparable(other) != _comparable(block):
+            what = "rope_scaling and rope_parameters disagree; transformers 5 follows rope_scaling, the llama.cpp converter (under transformers 4) rope_parameters"
+            findings.append(Finding("error", "layouts-disagree", what))
+    return layout, nested, block, layer_ropes
+
+
+def _head_dim(resolved: dict[str, Any], model_type: str | None, hidden: int | None, heads: int | None) -> int | None:
+    head_dim = _int_field(resolved, "head_dim")
+    if model_type in families.MLA_MODEL_TYPES and isinstance(resolved.get("qk_nope_head_dim"), int):
+        head_dim = resolved["qk_nope_head_dim"] + (_int_field(resolved, "qk_rope_head_dim") or 0)
+    if head_dim is None and hidden and heads:
+        head_dim = hidden // heads
+    return head_dim
 
 
 def _comparable(block: RopeBlock) -> dict[str, Any]:

@@ -159,13 +159,7 @@ def plan_export(
     if not n_layers or not n_head:
         raise YarnconvError("config.json lacks num_hidden_layers or num_attention_heads", "is this a decoder-only transformer config?")
     tensors = source_tensors(root)
-    first2d = next((t for _, t in tensors if len(t.shape) >= 2), None)
-    if outtype == "auto":
-        qtype = Q.BF16 if first2d is not None and first2d.dtype == "BF16" else Q.F16
-    elif outtype in OUTTYPES:
-        qtype = OUTTYPES[outtype]
-    else:
-        raise YarnconvError(f"unknown outtype {outtype!r}", f"choose one of {', '.join([*OUTTYPES, 'auto'])}")
+    qtype = _qtype(outtype, tensors)
     block = view.rope
     if block.rope_type not in ("default", "yarn", "linear"):
         raise YarnconvError(
@@ -182,11 +176,33 @@ def plan_export(
     chosen = _route(arch, block, route, warnings)
     keys = plan_keys(arch, block, length, dim, route=chosen)
     warnings += keys.warnings
-    name_map = get_tensor_name_map(arch_enum, n_layers)
-    out: list[OutTensor] = []
-    if keys.rope_freqs is not None:
-        out.append(OutTensor("rope_freqs.weight", Q.F32, keys.rope_freqs.shape, data=keys.rope_freqs))
-    n_params = 0
+    out = [OutTensor("rope_freqs.weight", Q.F32, keys.rope_freqs.shape, data=keys.rope_freqs)] if keys.rope_freqs is not None else []
+    out += _out_tensors(tensors, get_tensor_name_map(arch_enum, n_layers), arch, qtype, (n_head, n_kv) if repair else None, warnings)
+    n_params = sum(int(np.prod(t.shape)) for t in out if t.src is not None)
+    plan = ExportPlan(arch, qtype, out, keys, block, length, chosen, name or _model_name(root), size_label(n_params, 0, 0, 0), n_params, warnings)
+    plan.general = {"name": plan.name, **{k: v for k, v in name_parts(plan).items() if v}}
+    plan.hparams = _hparams(arch, text, plan, view)
+    plan.vocab = plan_vocab(root, int(text.get("vocab_size") or 0), pre_tokenizer=pre_tokenizer)
+    plan.shards, plan.split_max_size = [[t.name for t in s] for s in shard_groups(out, split_max_size)], split_max_size
+    if output is not None:
+        plan.output_base = _output_path(root, output, plan)
+        plan.outputs = shard_names(plan.output_base, len(plan.shards))
+    return plan
+
+
+def _qtype(outtype: str, tensors: list[tuple[str, Any]]) -> Any:
+    """The GGUF type of the matrices: ``auto`` keeps bf16 weights bf16, else f16."""
+    first2d = next((t for _, t in tensors if len(t.shape) >= 2), None)
+    if outtype == "auto":
+        return Q.BF16 if first2d is not None and first2d.dtype == "BF16" else Q.F16
+    if outtype in OUTTYPES:
+        return OUTTYPES[outtype]
+    raise YarnconvError(f"unknown outtype {outtype!r}", f"choose one of {', '.join([*OUTTYPES, 'auto'])}")
+
+
+def _out_tensors(tensors: list[tuple[str, Any]], name_map: Any, arch: str, qtype: Any, heads: tuple[int, int] | None, warnings: list[str]) -> list[OutTensor]:
+    """Each source tensor under its GGUF name and type; ``heads`` (query, key-value) when Q/K rows are re-paired."""
+    out = []
     for src_name, t in tensors:
         if src_name.endswith(SKIP_SUFFIXES):
             continue
@@ -198,23 +214,14 @@ def plan_export(
                 f"cannot map tensor {src_name} to a GGUF name for {arch}",
                 "this checkpoint has parts yarnconv does not export; convert with llama.cpp, then patch with yarnconv",
             )
-        heads = None
-        if repair and new.startswith("blk.") and (".attn_q." in new or ".attn_k." in new):
-            heads = n_head if ".attn_q." in new else n_kv
+        n = None
+        if heads and new.startswith("blk.") and (".attn_q." in new or ".attn_k." in new):
+            n = heads[0] if ".attn_q." in new else heads[1]
         qt, note = _outtype_for(new, t.shape, qtype)
         if note:
             warnings.append(note)
-        out.append(OutTensor(new, qt, t.shape, src=t, heads=heads))
-        n_params += int(np.prod(t.shape))
-    plan = ExportPlan(arch, qtype, out, keys, block, length, chosen, name or _model_name(root), size_label(n_params, 0, 0, 0), n_params, warnings)
-    plan.general = {"name": plan.name, **{k: v for k, v in name_parts(plan).items() if v}}
-    plan.hparams = _hparams(arch, text, plan, view)
-    plan.vocab = plan_vocab(root, int(text.get("vocab_size") or 0), pre_tokenizer=pre_tokenizer)
-    plan.shards, plan.split_max_size = [[t.name for t in s] for s in shard_groups(out, split_max_size)], split_max_size
-    if output is not None:
-        plan.output_base = _output_path(root, output, plan)
-        plan.outputs = shard_names(plan.output_base, len(plan.shards))
-    return plan
+        out.append(OutTensor(new, qt, t.shape, src=t, heads=n))
+    return out
 
 
 def _route(arch: str, block: RopeBlock, route: str, warnings: list[str]) -> str:

@@ -315,22 +315,7 @@ def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFHeader:
         if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
             raise _corrupt(path, f"general.alignment {alignment!r} is not a power of two")
     tensor_info_start = cur.pos
-    tensors: list[TensorEntry] = []
-    for i in range(n_tensors):
-        name = cur.string(f"tensor name #{i}") or ""
-        n_dims = cur.unpack("<I", f"{name} dims")
-        if not 1 <= n_dims <= MAX_DIMS:
-            raise _corrupt(path, f"tensor {name!r} has {n_dims} dimensions")
-        dims = tuple(cur.unpack("<Q", f"{name} dim") for _ in range(n_dims))
-        type_id = cur.unpack("<I", f"{name} type")
-        info = ggml_type(type_id)
-        if info is None:
-            raise _corrupt(path, f"tensor {name!r} has unknown ggml type {type_id}")
-        offset = cur.unpack("<Q", f"{name} offset")
-        type_name, block, _ = info
-        if any(d == 0 or d > size * block for d in dims) or dims[0] % block:
-            raise _corrupt(path, f"tensor {name!r} has impossible shape {list(dims)} for {type_name}")
-        tensors.append(TensorEntry(name, dims, type_id, offset, tensor_nbytes(dims, type_id)))
+    tensors = [_tensor_info(cur, path, size, i) for i in range(n_tensors)]
     tensor_info_end = cur.pos
     data_offset = -(-tensor_info_end // alignment) * alignment
     _check_layout(path, tensors, alignment)
@@ -345,6 +330,24 @@ def _parse(buf: mmap.mmap, path: Path, size: int) -> GGUFHeader:
     if cur.tokens is not None:
         _check_unique_tokens(buf, path, *cur.tokens)
     return GGUFHeader(path, size, version, kvs, tensors, kv_start, tensor_info_start, tensor_info_end, alignment, data_offset, order)
+
+
+def _tensor_info(cur: _Cursor, path: Path, size: int, i: int) -> TensorEntry:
+    """Tensor info #i: name, dims, a known ggml type, an offset; a shape no file of ``size`` bytes could hold is corrupt."""
+    name = cur.string(f"tensor name #{i}") or ""
+    n_dims = cur.unpack("<I", f"{name} dims")
+    if not 1 <= n_dims <= MAX_DIMS:
+        raise _corrupt(path, f"tensor {name!r} has {n_dims} dimensions")
+    dims = tuple(cur.unpack("<Q", f"{name} dim") for _ in range(n_dims))
+    type_id = cur.unpack("<I", f"{name} type")
+    info = ggml_type(type_id)
+    if info is None:
+        raise _corrupt(path, f"tensor {name!r} has unknown ggml type {type_id}")
+    offset = cur.unpack("<Q", f"{name} offset")
+    type_name, block, _ = info
+    if any(d == 0 or d > size * block for d in dims) or dims[0] % block:
+        raise _corrupt(path, f"tensor {name!r} has impossible shape {list(dims)} for {type_name}")
+    return TensorEntry(name, dims, type_id, offset, tensor_nbytes(dims, type_id))
 
 
 def _check_layout(path: Path, tensors: list[TensorEntry], alignment: int) -> None:

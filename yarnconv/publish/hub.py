@@ -93,16 +93,8 @@ def push(
     files, left_out, home = publishable(root)
     if base_model is not None:
         _set_base_model(home, base_model, dry_run)
-    if include:
-        files = [f for f in files if any(fnmatch.fnmatch(f, p) for p in include)]
-    if exclude:
-        files = [f for f in files if not any(fnmatch.fnmatch(f, p) for p in exclude)]
+    files, card_text = _selected(root, files, home, include, exclude, base_model)
     gguf = not (root / RECORD).is_file()
-    card_text = None
-    if home is not None and (CARD in files or not (root / CARD).exists()) and not (exclude and any(fnmatch.fnmatch(CARD, p) for p in exclude)):
-        card_text = build_card(root, gguf=gguf, record_dir=home, hub_id=base_model)  # refreshed; written only when pushing
-        if CARD not in files and (include is None or any(fnmatch.fnmatch(CARD, p) for p in include)):
-            files.append(CARD)
     if not files:
         raise YarnconvError(f"nothing to push from {folder} with these --include/--exclude patterns", "loosen the patterns")
     record: dict[str, Any] = {
@@ -129,6 +121,20 @@ def push(
         disable_progress_bars()
     record.update(_upload(root, repo_id, sorted(files), private, revision, create_pr, commit_message or f"Upload {root.name} (yarnconv)", token))
     return record
+
+
+def _selected(root: Path, files: list[str], home: Path | None, include: list[str] | None, exclude: list[str] | None, base_model: str | None) -> tuple[list[str], str | None]:
+    """The files the patterns keep, and the refreshed card's text when the card goes up (it is written only when pushing)."""
+    if include:
+        files = [f for f in files if any(fnmatch.fnmatch(f, p) for p in include)]
+    if exclude:
+        files = [f for f in files if not any(fnmatch.fnmatch(f, p) for p in exclude)]
+    card_text = None
+    if home is not None and (CARD in files or not (root / CARD).exists()) and not (exclude and any(fnmatch.fnmatch(CARD, p) for p in exclude)):
+        card_text = build_card(root, gguf=not (root / RECORD).is_file(), record_dir=home, hub_id=base_model)
+        if CARD not in files and (include is None or any(fnmatch.fnmatch(CARD, p) for p in include)):
+            files.append(CARD)
+    return files, card_text
 
 
 def _upload(root: Path, repo_id: str, files: list[str], private: bool, revision: str | None, create_pr: bool, message: str, token: str | None) -> dict[str, Any]:

@@ -88,49 +88,11 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise YarnconvError(f"{where}: not valid TOML ({exc})", "fix the syntax at that line") from None
-    known = {"recipe": {"name": str, "description": str}, "source": {"model": str, "revision": str}}
-    known["extend"] = {**_field_types(ExtendRequest), **EXTEND_EXTRA}
-    known["gguf"] = {**_field_types(GGUFOptions), "outtype": (str, list)}
-    known["verify"] = {**_field_types(VerifyJob, skip=VERIFY_SKIP), "enabled": bool}
-    known["hf"] = {"dtype": ("f32", "f16", "bf16"), "max_shard_size": str}
-    known["push"] = {"repo": str, "private": bool}
-    known["eval"] = {**_field_types(EvalJob, skip=EVAL_SKIP), "text": (str, list), "enabled": bool}
-    for table, values in data.items():
-        if table not in known and not isinstance(values, dict):
-            raise _error(text, where, None, table, f"unknown key {table!r} outside any table", f"keys belong in tables: {', '.join(f'[{t}]' for t in known)}")
-        if table not in known:
-            raise _error(text, where, table, None, f"unknown table [{table}]", f"tables are {', '.join(f'[{t}]' for t in known)}")
-        if not isinstance(values, dict):
-            raise _error(text, where, None, table, f"{table} must be a table ([{table}])", "write it as a [table] with keys")
-        for key, value in values.items():
-            if key not in known[table]:
-                raise _error(text, where, table, key, f"unknown key {key!r} in [{table}]", f"keys of [{table}]: {', '.join(known[table])}")
-            _check(text, where, table, key, value, known[table][key])
+    _check_keys(text, where, data)
     ext = dict(data.get("extend", {}))
     if ("scale" in ext) == ("target_context" in ext):
         raise _error(text, where, "extend", "scale" if "scale" in ext else None, "[extend] needs exactly one of scale and target_context", "keep one of them")
-    gguf = dict(data["gguf"]) if "gguf" in data else None
-    if gguf is not None:
-        from yarnconv.gguf.quantize import parse_outtypes
-
-        types = gguf.get("outtype", "auto")
-        gguf["outtype"] = ",".join(types) if isinstance(types, list) else types
-        try:
-            parse_outtypes(gguf["outtype"], imatrix="imatrix" in gguf)
-        except YarnconvError as exc:
-            raise _error(text, where, "gguf", "outtype", str(exc), exc.hint or "") from None
-    ver = dict(data["verify"]) if "verify" in data else None
-    if ver is not None and not ver.pop("enabled", True):
-        ver = None
-    if ver is not None and ("lengths" in ver or "passkey_min" in ver) and not ver.get("passkey"):
-        raise _error(text, where, "verify", "lengths" if "lengths" in ver else "passkey_min", "[verify] lengths and passkey_min need passkey = true", "set passkey = true or drop them")
-    ev = dict(data["eval"]) if "eval" in data else None
-    if ev is not None and not ev.pop("enabled", True):
-        ev = None
-    if ev is not None:
-        ev["text"] = tuple([ev["text"]] if isinstance(ev.get("text", []), str) else ev.get("text", []))
-        if "passkey_trials" in ev and not ev.get("passkey"):
-            raise _error(text, where, "eval", "passkey_trials", "[eval] passkey_trials needs passkey = true", "set passkey = true or drop it")
+    gguf, ver, ev = _gguf_table(text, where, data), _verify_table(text, where, data), _eval_table(text, where, data)
     if "push" in data and "repo" not in data["push"]:
         raise _error(text, where, "push", None, "[push] needs repo", 'add repo = "name" (your namespace) or "org/name"')
     if "max_shard_size" in data.get("hf", {}):
@@ -158,6 +120,62 @@ def parse_recipe(text: str, where: str = "recipe") -> Recipe:
         dict(data["push"]) if "push" in data else None,
         from_flat(EvalJob, ev) if ev is not None else None,
     )
+
+
+def _check_keys(text: str, where: str, data: dict[str, Any]) -> None:
+    """Every table and key known, every value of its type; errors name the line."""
+    known = {"recipe": {"name": str, "description": str}, "source": {"model": str, "revision": str}}
+    known["extend"] = {**_field_types(ExtendRequest), **EXTEND_EXTRA}
+    known["gguf"] = {**_field_types(GGUFOptions), "outtype": (str, list)}
+    known["verify"] = {**_field_types(VerifyJob, skip=VERIFY_SKIP), "enabled": bool}
+    known["hf"] = {"dtype": ("f32", "f16", "bf16"), "max_shard_size": str}
+    known["push"] = {"repo": str, "private": bool}
+    known["eval"] = {**_field_types(EvalJob, skip=EVAL_SKIP), "text": (str, list), "enabled": bool}
+    for table, values in data.items():
+        if table not in known and not isinstance(values, dict):
+            raise _error(text, where, None, table, f"unknown key {table!r} outside any table", f"keys belong in tables: {', '.join(f'[{t}]' for t in known)}")
+        if table not in known:
+            raise _error(text, where, table, None, f"unknown table [{table}]", f"tables are {', '.join(f'[{t}]' for t in known)}")
+        if not isinstance(values, dict):
+            raise _error(text, where, None, table, f"{table} must be a table ([{table}])", "write it as a [table] with keys")
+        for key, value in values.items():
+            if key not in known[table]:
+                raise _error(text, where, table, key, f"unknown key {key!r} in [{table}]", f"keys of [{table}]: {', '.join(known[table])}")
+            _check(text, where, table, key, value, known[table][key])
+
+
+def _gguf_table(text: str, where: str, data: dict[str, Any]) -> dict[str, Any] | None:
+    gguf = dict(data["gguf"]) if "gguf" in data else None
+    if gguf is not None:
+        from yarnconv.gguf.quantize import parse_outtypes
+
+        types = gguf.get("outtype", "auto")
+        gguf["outtype"] = ",".join(types) if isinstance(types, list) else types
+        try:
+            parse_outtypes(gguf["outtype"], imatrix="imatrix" in gguf)
+        except YarnconvError as exc:
+            raise _error(text, where, "gguf", "outtype", str(exc), exc.hint or "") from None
+    return gguf
+
+
+def _verify_table(text: str, where: str, data: dict[str, Any]) -> dict[str, Any] | None:
+    ver = dict(data["verify"]) if "verify" in data else None
+    if ver is not None and not ver.pop("enabled", True):
+        ver = None
+    if ver is not None and ("lengths" in ver or "passkey_min" in ver) and not ver.get("passkey"):
+        raise _error(text, where, "verify", "lengths" if "lengths" in ver else "passkey_min", "[verify] lengths and passkey_min need passkey = true", "set passkey = true or drop them")
+    return ver
+
+
+def _eval_table(text: str, where: str, data: dict[str, Any]) -> dict[str, Any] | None:
+    ev = dict(data["eval"]) if "eval" in data else None
+    if ev is not None and not ev.pop("enabled", True):
+        ev = None
+    if ev is not None:
+        ev["text"] = tuple([ev["text"]] if isinstance(ev.get("text", []), str) else ev.get("text", []))
+        if "passkey_trials" in ev and not ev.get("passkey"):
+            raise _error(text, where, "eval", "passkey_trials", "[eval] passkey_trials needs passkey = true", "set passkey = true or drop it")
+    return ev
 
 
 def _field_types(cls: type, skip: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
@@ -244,24 +262,6 @@ def as_dict(recipe: Recipe) -> dict[str, Any]:
         if getattr(recipe, table) is not None:
             out[table] = getattr(recipe, table)
     return out
-
-
-def recipe_steps(r: Recipe, model: str, out: str, pushing: bool) -> list[str]:
-    """The steps ``run`` takes for this recipe, in words (its dry run prints them)."""
-    hf = f", then written as {r.hf.get('dtype', 'the same dtype')}" + (f" in shards of {r.hf['max_shard_size']}" if r.hf.get("max_shard_size") else "") if r.hf else ""
-    steps = [f"extend {model} -> {out} ({', '.join(f'{k} {v}' for k, v in given_settings(r.extend).items())}){hf}"]
-    if r.gguf is not None:
-        steps.append(f"export GGUF {r.gguf.outtype} -> {out}-GGUF/")
-    if r.verify is not None:
-        steps.append("verify each output right after writing it" + (", then passkey retrieval beside the source" if r.verify.passkey else ""))
-    if r.eval is not None:
-        methods = r.eval.methods if r.eval.methods is not None else "linear,dynamic,yarn"
-        steps.append(f"eval {out}: perplexity at {r.eval.lengths or 'the default lengths'} for it and its base" + (f", and {methods} at the same factor" if methods else "") + (", with passkey retrieval" if r.eval.passkey else ""))
-    steps.append(f"save the recipe as {out}/yarnconv-recipe.toml, and a model card (README.md) in each output folder")
-    if r.push is not None:
-        where = f"{r.push['repo']}" + (" (private)" if r.push.get("private") else "")
-        steps.append(("" if pushing else "with --push: ") + f"push {out} -> {where}" + (f", {out}-GGUF -> {r.push['repo']}-GGUF" if r.gguf is not None else ""))
-    return steps
 
 
 def given_settings(request: Any) -> dict[str, Any]:

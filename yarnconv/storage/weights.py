@@ -86,6 +86,35 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     """
     bad = f"{path.name}: invalid safetensors file"
     hint = "re-download or re-save the shard"
+    size, n, header = _read_header_json(path, bad, hint)
+    meta = header.get("__metadata__")
+    if meta is not None and (not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values())):
+        raise YarnconvError(f"{bad} (__metadata__ must map strings to strings)", hint)
+    data_len = size - 8 - n
+    out: dict[str, TensorInfo] = {}
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        info = _entry(path, name, entry, 8 + n, bad, hint)
+        start, end = info.offset - 8 - n, info.offset - 8 - n + info.nbytes
+        spans.append((start, end, name))
+        out[name] = info
+    position = 0
+    for start, end, name in sorted(spans):
+        if start != position:
+            what = "overlaps another tensor" if start < position else "leaves a hole before it"
+            raise YarnconvError(f"{bad} (tensor {name!r} at bytes {start}..{end} {what})", hint)
+        position = end
+    if position > data_len:
+        raise YarnconvError(f"{path.name}: truncated (tensors need {position} data bytes, file has {data_len})", hint)
+    if position != data_len:
+        raise YarnconvError(f"{bad} ({data_len - position} bytes after the last tensor)", hint)
+    return out
+
+
+def _read_header_json(path: Path, bad: str, hint: str) -> tuple[int, int, dict[str, Any]]:
+    """The file's size, the header's length and the header itself (a JSON object, no duplicate keys)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -106,44 +135,26 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
         raise YarnconvError(f"{bad} ({exc} in the header)", hint) from None
     if not isinstance(header, dict):
         raise YarnconvError(f"{path.name}: garbled safetensors header (not an object)", hint)
-    meta = header.get("__metadata__")
-    if meta is not None and (not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values())):
-        raise YarnconvError(f"{bad} (__metadata__ must map strings to strings)", hint)
-    data_len = size - 8 - n
-    out: dict[str, TensorInfo] = {}
-    spans = []
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(entry, dict):
-            raise YarnconvError(f"{bad} (entry {name!r} is not an object)", hint)
-        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
-            raise YarnconvError(f"{bad} (tensor {name!r} has unknown dtype {dtype!r})", hint)
-        if not isinstance(shape, list) or not all(_strict_int(d) for d in shape):
-            raise YarnconvError(f"{bad} (tensor {name!r} has shape {shape!r}, not a list of non-negative integers)", hint)
-        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_strict_int(o) for o in offsets) or offsets[0] > offsets[1]:
-            raise YarnconvError(f"{bad} (tensor {name!r} has data_offsets {offsets!r})", hint)
-        start, end = offsets
-        info = TensorInfo(dtype, tuple(shape), end - start, path, 8 + n + start)
-        bits = info.numel * int(DTYPE_BYTES[dtype] * 8)
-        if bits % 8 or bits // 8 != end - start:
-            raise YarnconvError(
-                f"{path.name}: tensor {name!r} is {end - start} bytes but {dtype}{list(shape)} needs {bits / 8:g}", hint
-            )
-        spans.append((start, end, name))
-        out[name] = info
-    position = 0
-    for start, end, name in sorted(spans):
-        if start != position:
-            what = "overlaps another tensor" if start < position else "leaves a hole before it"
-            raise YarnconvError(f"{bad} (tensor {name!r} at bytes {start}..{end} {what})", hint)
-        position = end
-    if position > data_len:
-        raise YarnconvError(f"{path.name}: truncated (tensors need {position} data bytes, file has {data_len})", hint)
-    if position != data_len:
-        raise YarnconvError(f"{bad} ({data_len - position} bytes after the last tensor)", hint)
-    return out
+    return size, n, header
+
+
+def _entry(path: Path, name: str, entry: Any, data_start: int, bad: str, hint: str) -> TensorInfo:
+    """One tensor's header entry, checked: a known dtype, integer dims and offsets whose span matches dtype x shape."""
+    if not isinstance(entry, dict):
+        raise YarnconvError(f"{bad} (entry {name!r} is not an object)", hint)
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in DTYPE_BYTES:
+        raise YarnconvError(f"{bad} (tensor {name!r} has unknown dtype {dtype!r})", hint)
+    if not isinstance(shape, list) or not all(_strict_int(d) for d in shape):
+        raise YarnconvError(f"{bad} (tensor {name!r} has shape {shape!r}, not a list of non-negative integers)", hint)
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_strict_int(o) for o in offsets) or offsets[0] > offsets[1]:
+        raise YarnconvError(f"{bad} (tensor {name!r} has data_offsets {offsets!r})", hint)
+    start, end = offsets
+    info = TensorInfo(dtype, tuple(shape), end - start, path, data_start + start)
+    bits = info.numel * int(DTYPE_BYTES[dtype] * 8)
+    if bits % 8 or bits // 8 != end - start:
+        raise YarnconvError(f"{path.name}: tensor {name!r} is {end - start} bytes but {dtype}{list(shape)} needs {bits / 8:g}", hint)
+    return info
 
 
 def read_safetensors_metadata(path: Path) -> dict[str, str]:

@@ -143,55 +143,17 @@ def verify_model(
     """Run the checks on an HF checkpoint directory or a GGUF file; returns the report and the checks.
     ``engines``: the runtimes that run it (default: transformers for HF, llama.cpp for GGUF; vllm
     for HF, in the interpreter ``engine_python`` names when this one lacks vLLM)."""
-    from yarnconv.verify.reference import ReferenceModel
-
     path, base_path = Path(source), Path(base) if base is not None else None
     wanted = _engines(engines, path)
-    vllm_python, vllm_facts = None, {}
+    vllm_python = None
     if "vllm" in wanted:
         from yarnconv.verify import vllm_engine
 
         vllm_python = vllm_engine.interpreter(engine_python)
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise YarnconvError(f"no GGUF file {path}", "check the path")
-        from yarnconv.verify import llama_cpp
-
-        if not llama_cpp.available():
-            raise YarnconvError("verifying a GGUF runs it in llama.cpp, and llama-cpp-python is not installed", 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-python')
-        if base_path is not None and not (base_path / "config.json").is_file():
-            raise YarnconvError(f"--base {base} is not an HF checkpoint directory", "pass the directory the GGUF was exported from")
-        s = gguf_subject(path, base_path)
-    else:
-        s = hf_subject(path)
-        if base_path is not None:
-            _check_base(path, base_path)
-            s.base_block = hf_subject(base_path).view.rope if not (path / "yarnconv.json").is_file() else s.base_block
-    if vllm_python is not None:
-        if s.view.model_type not in FAMILIES:
-            raise YarnconvError(f"--engine vllm compares with the reference forward, which runs {', '.join(sorted(FAMILIES))}, not {s.view.model_type}", "verify it with the transformers engine (its rope tables)")
-        vllm_engine.fits(s)
+    s = _subject(path, base_path, vllm_python is not None)
     probe = make_probe(s, tokens, seed, text, seeded)
-    alone = (probe.near,) if s.kind == "gguf" and probe.near < len(probe.tokens) else ()
-    near, plain_block = probe.near, rope_plain(s)
     s.engine_dtype = engine_dtype(s, dtype) if s.kind == "hf" else "float32"
-    if s.kind == "hf" and (s.view.model_type not in FAMILIES or s.engine_dtype == TABLES_ONLY):  # transformers' own tables only
-        why = s.why_tables_only or f"the reference forward does not run {s.view.model_type}"
-        if vllm_python is not None:
-            raise YarnconvError(f"--engine vllm compares with the reference forward, which does not run here ({why})", "drop --dtype none, or drop --engine vllm")
-        checks, drifted = engine_checks(s, probe, None, None, None), {"skipped": why}
-    else:
-        reference = ReferenceModel(s.reference)
-        planned = reference.logits(probe.tokens, probe.positions, spec=s.spec(), alone=alone).double().numpy()
-        plain = reference.logits(probe.tokens, probe.positions, spec=s.spec(plain_block), alone=alone).double().numpy()
-        kept: dict[str, Any] = {}
-        checks = engine_checks(s, probe, planned, plain, reference, kept) if wanted != ["vllm"] else []
-        if vllm_python is not None:
-            long_tokens = vllm_engine.long_sequence(make_probe(s, s.original + vllm_engine.LONG_EXTRA + 1, seed, text, seeded).tokens, s.original, vllm_engine.planned_context(s))
-            more, vllm_facts = vllm_engine.checks(s, probe, planned, plain, reference, vllm_python, long_tokens)
-            checks += more
-        base_near = plain[:near] if s.base_block == plain_block else reference.logits(probe.tokens[:near], spec=s.spec(s.base_block)).double().numpy()
-        drifted = drift(base_near, planned[:near], np.array([*probe.tokens[1:near], -1]), seed=seed)
+    checks, drifted, by_pos, vllm_facts = _run_engines(s, probe, wanted, vllm_python, (seed, text, seeded))
     report = {
         "model": str(path),
         "kind": s.kind,
@@ -205,8 +167,8 @@ def verify_model(
     }
     if vllm_python is not None:
         report["vllm"] = {"python": str(vllm_python), **vllm_facts}
-    if "skipped" not in drifted:  # the reference ran
-        report["by_position"] = by_position(planned, kept.get("got"), probe)
+    if by_pos is not None:  # the reference ran
+        report["by_position"] = by_pos
     if passkey is not None:
         passkey = passkey or [s.original, s.max_position]
         report["passkey"], check = passkey_run(s, base_path, passkey, passkey_trials, seed, passkey_min, progress)
@@ -214,6 +176,63 @@ def verify_model(
         report["checks"].append(check.to_dict())
     report["ok"] = all(c.status != "failed" for c in checks) and any(c.passed for c in checks)
     return report, checks
+
+
+def _subject(path: Path, base_path: Path | None, vllm: bool) -> Subject:
+    """What is verified (an HF directory or a GGUF file, with the checkpoint it came from), checked
+    against what the engines can run."""
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise YarnconvError(f"no GGUF file {path}", "check the path")
+        from yarnconv.verify import llama_cpp
+
+        if not llama_cpp.available():
+            raise YarnconvError("verifying a GGUF runs it in llama.cpp, and llama-cpp-python is not installed", 'CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install llama-cpp-python')
+        if base_path is not None and not (base_path / "config.json").is_file():
+            raise YarnconvError(f"--base {base_path} is not an HF checkpoint directory", "pass the directory the GGUF was exported from")
+        s = gguf_subject(path, base_path)
+    else:
+        s = hf_subject(path)
+        if base_path is not None:
+            _check_base(path, base_path)
+            s.base_block = hf_subject(base_path).view.rope if not (path / "yarnconv.json").is_file() else s.base_block
+    if vllm:
+        from yarnconv.verify import vllm_engine
+
+        if s.view.model_type not in FAMILIES:
+            raise YarnconvError(f"--engine vllm compares with the reference forward, which runs {', '.join(sorted(FAMILIES))}, not {s.view.model_type}", "verify it with the transformers engine (its rope tables)")
+        vllm_engine.fits(s)
+    return s
+
+
+def _run_engines(s: Subject, probe: Any, wanted: list[str], vllm_python: Any, probe_args: tuple[int, str | None, bool]) -> tuple[list[Check], dict[str, Any], Any, dict[str, Any]]:
+    """The engines' checks against the reference forward (or transformers' own tables when the
+    reference cannot run this model), the drift from the base rope, and the by-position summary."""
+    from yarnconv.verify.reference import ReferenceModel
+
+    seed, text, seeded = probe_args
+    near, plain_block = probe.near, rope_plain(s)
+    if s.kind == "hf" and (s.view.model_type not in FAMILIES or s.engine_dtype == TABLES_ONLY):  # transformers' own tables only
+        why = s.why_tables_only or f"the reference forward does not run {s.view.model_type}"
+        if vllm_python is not None:
+            raise YarnconvError(f"--engine vllm compares with the reference forward, which does not run here ({why})", "drop --dtype none, or drop --engine vllm")
+        return engine_checks(s, probe, None, None, None), {"skipped": why}, None, {}
+    alone = (probe.near,) if s.kind == "gguf" and probe.near < len(probe.tokens) else ()
+    reference = ReferenceModel(s.reference)
+    planned = reference.logits(probe.tokens, probe.positions, spec=s.spec(), alone=alone).double().numpy()
+    plain = reference.logits(probe.tokens, probe.positions, spec=s.spec(plain_block), alone=alone).double().numpy()
+    kept: dict[str, Any] = {}
+    checks = engine_checks(s, probe, planned, plain, reference, kept) if wanted != ["vllm"] else []
+    vllm_facts: dict[str, Any] = {}
+    if vllm_python is not None:
+        from yarnconv.verify import vllm_engine
+
+        long_tokens = vllm_engine.long_sequence(make_probe(s, s.original + vllm_engine.LONG_EXTRA + 1, seed, text, seeded).tokens, s.original, vllm_engine.planned_context(s))
+        more, vllm_facts = vllm_engine.checks(s, probe, planned, plain, reference, vllm_python, long_tokens)
+        checks += more
+    base_near = plain[:near] if s.base_block == plain_block else reference.logits(probe.tokens[:near], spec=s.spec(s.base_block)).double().numpy()
+    drifted = drift(base_near, planned[:near], np.array([*probe.tokens[1:near], -1]), seed=seed)
+    return checks, drifted, by_position(planned, kept.get("got"), probe), vllm_facts
 
 
 ENGINES = ("transformers", "llama.cpp", "vllm")
