@@ -67,6 +67,9 @@ def test_base_model_given_detected_from_the_hub_cache_and_set_at_push(tmp_path: 
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert "# named" in card.text and ".yarnconv-" not in card.text  # written in scratch, named as the output
+    assert "](yarnconv-rope.png)" in card.text  # with its figure, drawn inside the commit (issue 21)
+    with Image.open(out / "yarnconv-rope.png") as image:
+        assert image.format == "PNG"
 
     cached = write_checkpoint(tmp_path / "hub" / "models--SomeOrg--Tiny-Llama" / "snapshots" / "0123abc", tiny_config("llama"))
     run_cli("extend", str(cached), "--scale", "2", "-o", str(tmp_path / "from-cache"), "-q")

@@ -26,7 +26,7 @@ def extend_hf(model: str | os.PathLike[str], job: ExtendJob, describe: str, *, k
         out = Path(job.output)  # type: ignore[arg-type]
         settings = {"link": job.link or "auto", "force": job.force, "precompute_inv_freq": job.precompute_inv_freq, "revision": job.revision, "base_model": job.base_model}
         with extending(model, out, job.rope, progress=s.progress, **settings) as (staged, record):
-            write_card(staged, name=out.name)
+            write_card(staged, name=out.name, record=record)  # from the record in hand, committed with the output
         record["card"] = str(out / CARD)
         return record
 

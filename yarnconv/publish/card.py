@@ -104,15 +104,18 @@ def front_matter(meta: dict[str, Any]) -> str:
     return "\n".join([*out, "---"])
 
 
-def build_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None, figure: bool = True, hub_id: str | None = None, name: str | None = None) -> str:
+def build_card(
+    root: Path, *, gguf: bool = False, record_dir: Path | None = None, figure: bool = True, hub_id: str | None = None, name: str | None = None, record: dict[str, Any] | None = None
+) -> str:
     """The card text for the checkpoint directory ``root`` (or, with ``gguf``, the folder of GGUF
     files made from the checkpoint at ``record_dir``); ``hub_id`` replaces the base_model the record
     names (``push --base-model --dry-run`` shows the card it would write); ``name`` is the folder's final
     name when ``root`` is still the scratch directory of an output being written."""
     home = record_dir or root
-    if not (home / RECORD).is_file():
-        raise YarnconvError(f"{home} has no {RECORD}: not a yarnconv output", "write the card for what yarnconv extend or run wrote")
-    record = read_json(home / RECORD, RECORD)
+    if record is None:  # a refresh: the record on disk (a step that just wrote one passes it in)
+        if not (home / RECORD).is_file():
+            raise YarnconvError(f"{home} has no {RECORD}: not a yarnconv output", "write the card for what yarnconv extend or run wrote")
+        record = read_json(home / RECORD, RECORD)
     base = hub_id or base_model(record, home)
     meta: dict[str, Any] = {"tags": TAGS + (["gguf"] if gguf else []), "pipeline_tag": "text-generation", **_source_license(home, record)}
     if base:
@@ -239,16 +242,16 @@ def _launch_section(root: Path, gguf: bool, name: str) -> list[str]:
     return out
 
 
-def write_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None, figure: bool = True, name: str | None = None) -> Path:
+def write_card(root: Path, *, gguf: bool = False, record_dir: Path | None = None, figure: bool = True, name: str | None = None, record: dict[str, Any] | None = None) -> Path:
     """Write (or refresh) ``root/README.md`` whole (a temporary file renamed over it), and with
     ``figure`` its PNG when matplotlib is installed (extend writes both inside its atomic commit;
     refreshing after verify or eval redraws them)."""
-    text = build_card(root, gguf=gguf, record_dir=record_dir, figure=figure, name=name)  # refuses a folder that is not yarnconv's
+    text = build_card(root, gguf=gguf, record_dir=record_dir, figure=figure, name=name, record=record)  # refuses a folder that is not yarnconv's
     from yarnconv.publish import plot
 
     if figure and plot.available():
         home = record_dir or root
-        record = read_json(home / RECORD, RECORD)
+        record = record if record is not None else read_json(home / RECORD, RECORD)
         from yarnconv.config import read_config
         from yarnconv.storage.files import CONFIG
 
