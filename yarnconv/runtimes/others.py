@@ -34,6 +34,17 @@ def _v4_form(view: ConfigView, out: RuntimeReading, theta_default: float | None 
     return block, float(theta), rho
 
 
+def _not_yarn(view: ConfigView, out: RuntimeReading, kind: str, read: tuple[dict[str, Any], float, float | None], unknown: str) -> bool:
+    """Fill ``out`` for a block that is not YaRN (its plain, linear, llama3 or longrope rope, or the
+    error an unknown type raises); False leaves a YaRN block to the caller."""
+    block, theta, rho = read
+    if kind not in ("default", "linear", "llama3", "yarn", "longrope"):
+        out.error = unknown
+    elif kind != "yarn":
+        out.specs = _layered(view, _spec(view, kind, block, theta, rho), rho)
+    return kind != "yarn"
+
+
 def sglang(view: ConfigView) -> RuntimeReading:
     """SGLang (python/sglang/srt/layers/rotary_embedding/factory.py, get_rope): `rope_type` before
     `type`; YaRN takes factor and L (KeyError without them), betas, `truncate`, and `attn_factor` as
@@ -72,11 +83,7 @@ def mlx_lm(view: ConfigView) -> RuntimeReading:
     out = RuntimeReading("mlx-lm")
     block, theta, rho = _v4_form(view, out, theta_default=10000.0)
     kind = rope_kind({"type": block["type"]} if "type" in block else block)
-    if kind not in ("default", "linear", "llama3", "yarn", "longrope"):
-        out.error = f"Unsupported RoPE type {kind}: ValueError"
-        return out
-    if kind != "yarn":
-        out.specs = _layered(view, _spec(view, kind, block, theta, rho), rho)
+    if _not_yarn(view, out, kind, (block, theta, rho), f"Unsupported RoPE type {kind}: ValueError"):
         return out
     if block.get("factor") is None:
         out.error = "YaRN without factor: KeyError"
@@ -109,11 +116,7 @@ def exllamav3(view: ConfigView) -> RuntimeReading:
     mpe = view.text.get("max_position_embeddings") or view.max_position
     out.max_context = mpe
     kind = rope_kind({"rope_type": block["rope_type"]} if "rope_type" in block else block)
-    if kind not in ("default", "linear", "llama3", "yarn", "longrope"):
-        out.error = f"Unknown rope_type: {kind}: ValueError"
-        return out
-    if kind != "yarn":
-        out.specs = _layered(view, _spec(view, kind, block, theta, rho), rho)
+    if _not_yarn(view, out, kind, (block, theta, rho), f"Unknown rope_type: {kind}: ValueError"):
         return out
     original = block.get("original_max_position_embeddings")
     factor = mpe / original if original else block.get("factor")
