@@ -155,7 +155,7 @@ def test_run_writes_the_recipes_dtype_and_shards_then_pushes(hub, tmp_path: Path
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(f'[source]\nmodel = "{src}"\n[extend]\nscale = 4.0\n[hf]\ndtype = "bf16"\nmax_shard_size = "100KB"\n[verify]\nenabled = true\n[push]\nrepo = "tiny-yarn"\nprivate = true\n')
     dry = yarnconv(env, "run", str(recipe), "--dry-run")
-    assert dry.returncode == 0 and "with --push: push OUTPUT -> tiny-yarn (private)" in dry.stdout, dry.stderr
+    assert dry.returncode == 0 and "would push OUTPUT -> tiny-yarn (private) (with --push)" in dry.stdout, dry.stderr
     result = yarnconv(env, "run", str(recipe), "-o", str(tmp_path / "out"), "--push", "--json", "-q")
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)

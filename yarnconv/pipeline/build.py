@@ -96,12 +96,12 @@ def _pushes(r: Any, out: Path, gguf_dir: Path, pushing: bool) -> list[Step]:
     from yarnconv.publish.hub import full_repo_id
 
     repo, settings = r.push["repo"], PushJob(private=bool(r.push.get("private")))
-    how = "" if pushing else "with --push: "
+    when = "" if pushing else " (with --push)"
     where = repo + (" (private)" if r.push.get("private") else "")
     full = full_repo_id(repo) if pushing else repo
-    made = [steps.push(out, full, settings, f"{how}push {out} -> {where}", enabled=pushing)]
+    made = [steps.push(out, full, settings, f"push {out} -> {where}{when}", enabled=pushing)]
     if r.gguf is not None:
-        made.append(steps.push(gguf_dir, f"{full}-GGUF", settings, f"{how}push {gguf_dir} -> {repo}-GGUF", enabled=pushing))
+        made.append(steps.push(gguf_dir, f"{full}-GGUF", settings, f"push {gguf_dir} -> {repo}-GGUF{when}", enabled=pushing))
     return made
 
 
