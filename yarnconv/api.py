@@ -180,7 +180,9 @@ def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: boo
     steps = for_recipe(r, model, job)
     record: dict[str, Any] = {"dry_run": job.dry_run, **as_dict(r), "model": model, "steps": describe(steps)}
     if job.dry_run:
-        revision = r.revision if not job.model else None
-        record["plan"] = extend(model, ExtendJob(rope=r.extend, revision=revision, dry_run=True), progress=False).record
+        from yarnconv.pipeline.build import recipe_extend_job
+
+        plan = recipe_extend_job(r, RunJob(model=job.model, base_model=job.base_model), None)
+        record["plan"] = extend(model, plan, progress=False).record
         return Result("run", "dry-run", record)
     return _run("run", "recipe", steps, progress, record=record)

@@ -67,8 +67,8 @@ def for_recipe(r: Any, model: str, job: RunJob) -> list[Step]:
     out = Path(job.output or "OUTPUT")
     gguf_dir = out.parent / f"{out.name}-GGUF"
     checks = r.verify is not None
-    revision = r.revision if not job.model else None
-    ext = ExtendJob(output=str(out), rope=r.extend, force=job.force, link=r.link, precompute_inv_freq=r.precompute_inv_freq, revision=revision, base_model=job.base_model)
+    ext = recipe_extend_job(r, job, str(out))
+    revision = ext.revision
     what = f"extend {model} -> {out} ({', '.join(f'{k} {v}' for k, v in given_settings(r.extend).items())})"
     if r.hf is None:
         made = [steps.extend_hf(model, ext, what, key="extend"), *_verify(checks, None, VERIFY_HF, of="extend")]
@@ -88,6 +88,12 @@ def for_recipe(r: Any, model: str, job: RunJob) -> list[Step]:
         what = f"eval {out}: perplexity at {r.eval.lengths or 'the default lengths'} for it and its base" + (f", and {methods} at the same factor" if methods else "")
         made.append(steps.evaluate(out, r.eval, what + (", with passkey retrieval" if r.eval.passkey else "")))
     return made + cards + _pushes(r, out, gguf_dir, job.push)
+
+
+def recipe_extend_job(r: Any, job: RunJob, output: str | None) -> ExtendJob:
+    """The extend a recipe asks for; the recipe's [source] revision applies to its own model only, not to --model."""
+    revision = r.revision if not job.model else None
+    return ExtendJob(output=output, rope=r.extend, force=job.force, link=r.link, precompute_inv_freq=r.precompute_inv_freq, revision=revision, base_model=job.base_model, dry_run=output is None)
 
 
 def _pushes(r: Any, out: Path, gguf_dir: Path, pushing: bool) -> list[Step]:
