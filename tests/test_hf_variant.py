@@ -172,3 +172,17 @@ def test_export_leaves_no_file_open(extended: Path, tmp_path: Path) -> None:
     export_hf(extended, tmp_path / "out", dtype="bf16", max_shard_size=100_000, progress=False)
     after = {p for p in Path("/proc/self/fd").iterdir() if p.exists()}
     assert {str(p.resolve()) for p in after - before if p.exists()} == set()
+
+
+def test_export_hf_of_a_checkpoint_yarnconv_did_not_write_has_no_card_and_succeeds(tmp_path: Path) -> None:
+    """The card is written inside the export's commit only for a yarnconv output (it describes the
+    extension); a plain checkpoint is cast and resharded without one, and the command succeeds."""
+    src = write_checkpoint(tmp_path / "plain", tiny_config("llama"), shards=1)
+    done = CliRunner().invoke(main, ["export", str(src), "--hf", "--dtype", "bf16", "-o", str(tmp_path / "out"), "--json"])
+    assert done.exit_code == 0, done.output
+    assert "card" not in json.loads(done.stdout) and not (tmp_path / "out" / "README.md").exists()
+    ext = tmp_path / "ext"
+    assert CliRunner().invoke(main, ["extend", str(src), "--scale", "2", "-o", str(ext), "-q"]).exit_code == 0
+    carded = CliRunner().invoke(main, ["export", str(ext), "--hf", "--dtype", "bf16", "-o", str(tmp_path / "ext-bf16"), "--json"])
+    assert carded.exit_code == 0 and json.loads(carded.stdout)["card"] == str(tmp_path / "ext-bf16" / "README.md")
+    assert "cast to bfloat16" in (tmp_path / "ext-bf16" / "README.md").read_text() and (tmp_path / "ext-bf16" / "yarnconv-rope.png").is_file()
