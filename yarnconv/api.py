@@ -170,7 +170,7 @@ def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: boo
     recipe by name), then write the model cards and, with ``--push``, publish. The checkpoint goes
     to OUTPUT (in the recipe's [hf] dtype and shards), GGUF files to OUTPUT-GGUF/ (a GGUF repo beside
     the model repo, as the Hub names them); the recipe is saved into OUTPUT."""
-    from yarnconv.pipeline.build import for_recipe
+    from yarnconv.pipeline.build import for_recipe, recipe_extend_job
     from yarnconv.pipeline.driver import describe
     from yarnconv.publish.recipe import as_dict, load_recipe
     from yarnconv.routes import check_run
@@ -180,9 +180,6 @@ def run(recipe: str | os.PathLike[str], job: RunJob = RunJob(), *, progress: boo
     steps = for_recipe(r, model, job)
     record: dict[str, Any] = {"dry_run": job.dry_run, **as_dict(r), "model": model, "steps": describe(steps)}
     if job.dry_run:
-        from yarnconv.pipeline.build import recipe_extend_job
-
-        plan = recipe_extend_job(r, RunJob(model=job.model, base_model=job.base_model), None)
-        record["plan"] = extend(model, plan, progress=False).record
+        record["plan"] = extend(model, recipe_extend_job(r, job, None), progress=False).record
         return Result("run", "dry-run", record)
     return _run("run", "recipe", steps, progress, record=record)

@@ -27,10 +27,9 @@ def for_extend(model: str | os.PathLike[str], job: ExtendJob, route: str) -> lis
 
         src, _, plan = plan_for(model, job.rope, revision=job.revision)
         write = steps.export_gguf(src.path, out, job.export, f"extend {model} and write it as GGUF -> {out}", config=plan.config, force=job.force, dry_run=job.dry_run, measure=job.verify)
-        summary = Step(None, "", lambda s: plan.summary())
+        summary = Step(None, "record the plan (method, factor, lengths) in the result", lambda s: plan.summary())
         return [write, summary, *_verify(job.verify, None, VERIFY_GGUF)]
-    refresh = [steps.card(out, "refresh its model card with the verify report", key="card", append=False)] if job.verify else []
-    return [steps.extend_hf(model, job, f"extend {model} -> {out}"), *_verify(job.verify, None, VERIFY_HF), *refresh]
+    return [steps.extend_hf(model, job, f"extend {model} -> {out}"), *_verify(job.verify, None, VERIFY_HF), *_refresh(job.verify, out)]
 
 
 def for_export(model: str | os.PathLike[str], job: ExportJob, fmt: str) -> list[Step]:
@@ -51,8 +50,12 @@ def for_export(model: str | os.PathLike[str], job: ExportJob, fmt: str) -> list[
 
     size = parse_size(job.max_shard_size, "--max-shard-size")
     write = steps.export_hf(model, out, f"export {model} as an HF checkpoint -> {out}", dtype=job.dtype, max_shard_size=size, force=job.force, dry_run=job.dry_run)
-    refresh = [steps.card(out, "refresh its model card with the verify report", key="card", append=False)] if job.verify else []
-    return [write, *_verify(job.verify, None, VERIFY_HF), *refresh]
+    return [write, *_verify(job.verify, None, VERIFY_HF), *_refresh(job.verify, out)]
+
+
+def _refresh(verified: bool, out: str) -> list[Step]:
+    """After --verify, the card written with the output is redrawn with the verify report."""
+    return [steps.card(out, "refresh its model card with the verify report", key="card", append=False)] if verified else []
 
 
 def _verify(wanted: bool, base: Any, describe: str, of: str | None = None, fallback: Any = None) -> list[Step]:
