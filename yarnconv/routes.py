@@ -54,7 +54,7 @@ ROUTES: dict[str, list[Route]] = {
     "inspect": [
         _row("safetensors", "MODEL is a .safetensors file", "a safetensors file", "revision"),
         _row("gguf", "MODEL is a .gguf (or other single) file", "a GGUF file", "revision"),
-        _row("hf", "otherwise (a checkpoint directory or Hub id)", "a checkpoint directory", ),
+        _row("hf", "otherwise (a checkpoint directory or Hub id)", "a checkpoint directory"),
     ],
 }
 
